@@ -1,0 +1,1 @@
+"""Fathom's applications: thin recipes, services, pages, CLI and benchmarks over the core."""

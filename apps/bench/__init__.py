@@ -1,0 +1,1 @@
+"""Benchmarks behind ``fathom bench <area>``; every area writes the JSON shape of DESIGN.md."""

@@ -1,0 +1,125 @@
+"""The ``fathom`` console script: one Typer app, one sub-app per area (``fathom <area> <verb>``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="fathom",
+    help="Fathom: customer service, fraud and lung-nodule detection on one MoE + retrieval core.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that write the JSON shape of DESIGN.md.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    """One-line error, non-zero exit, no traceback."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def info() -> None:
+    """What this installation has: versions, devices and which kernel paths are usable."""
+    import torch
+
+    from kernels.capabilities import HAS_TRITON, TRITON_INTERPRET, triton_status
+
+    table = Table(title="fathom info")
+    table.add_column("item")
+    table.add_column("value")
+    table.add_row("torch", torch.__version__)
+    table.add_row("cuda", torch.cuda.get_device_name() if torch.cuda.is_available() else "not available")
+    table.add_row("triton installed", str(HAS_TRITON))
+    table.add_row("TRITON_INTERPRET", str(TRITON_INTERPRET))
+    for device in ("cpu", "cuda"):
+        ok, why = triton_status(device)
+        table.add_row(f"triton kernels on {device}", "usable" if ok else f"no ({why})")
+    Console().print(table)
+
+
+def _print_results(data: dict) -> None:
+    table = Table(title=f"fathom bench {data['benchmark']} ({data['environment']['device']})")
+    for col in ("case", "impl", "median ms", "p95 ms", "ratio", "max |diff|", "note"):
+        table.add_column(col)
+    for row in data["results"]:
+        note = row.get("skipped", "")
+        for key in ("tflops", "dense_matmul_fraction", "expert_weight_gbps"):
+            if key in row:
+                note += f"{key}={row[key]} "
+        table.add_row(
+            row["case"],
+            row["impl"],
+            f"{row['median_ms']:.2f}" if "median_ms" in row else "-",
+            f"{row['p95_ms']:.2f}" if "p95_ms" in row else "-",
+            f"{row['ratio']:.3f}" if "ratio" in row else "-",
+            f"{row['max_abs_diff']:.1e}" if "max_abs_diff" in row else "-",
+            note.strip(),
+        )
+    out = Console()
+    out.print(table)
+    targets = Table(title="targets")
+    for col in ("target", "value", "goal", "met"):
+        targets.add_column(col)
+    for t in data["targets"]:
+        value = "n/a: " + t.get("reason", "") if t["value"] is None else f"{t['value']:.3f}"
+        goal = ("<= " if t["better"] == "lower" else ">= ") + f"{t['target']:.3f}"
+        targets.add_row(t["name"], value, goal, {True: "yes", False: "NO", None: "-"}[t["met"]])
+    out.print(targets)
+
+
+@bench_app.command("moe")
+def bench_moe(
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    tokens: Annotated[str | None, typer.Option(help="Comma-separated token counts (default 16,512,4096).")] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny shapes, for smoke tests.")] = False,
+    budget: Annotated[float, typer.Option(help="Seconds of timed repeats per measurement.")] = 2.0,
+) -> None:
+    """Fathom's MoE layer vs every Hugging Face experts implementation, same weights and inputs."""
+    from apps.bench import moe
+
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device must be cpu or cuda, got {device!r}")
+    try:
+        counts = [int(t) for t in tokens.split(",")] if tokens else None
+    except ValueError:
+        _fail(f"--tokens must be comma-separated integers, got {tokens!r}")
+    if counts and min(counts) < 1:
+        _fail("--tokens must be positive")
+    try:
+        with console.status("benchmarking MoE") as status:
+            report = moe.run(device=device, tokens=counts, quick=quick, budget_s=budget, progress=status.update)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    data = report.to_dict()
+    _print_results(data)
+    if json_path is not None:
+        report.write(json_path)
+        console.print(f"report written to {json_path}")
+    else:
+        print(json.dumps(data, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Fathom's connectors to the outside world (DICOM, transaction streams, knowledge bases)."""

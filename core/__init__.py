@@ -1,0 +1,1 @@
+"""Fathom's shared core: the MoE layer, retrieval, training, serving, monitoring and privacy."""

@@ -1,0 +1,59 @@
+"""The MoE benchmark runs on tiny sizes and writes the shared JSON shape (it measures, never fails)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from apps.bench.common import Report, validate_report
+from apps.cli import app
+
+
+def test_report_shape_and_target_bookkeeping(tmp_path: Path) -> None:
+    report = Report("demo", "cpu")
+    report.add_result("c/tokens=4", "fathom", median_ms=1.0, p95_ms=1.2)
+    report.add_target("faster", 0.8, 1.0, "lower")
+    report.add_target("throughput", 0.5, 0.6, "higher")
+    report.add_target("gpu only", None, 1.0, "lower", reason="no GPU")
+    data = json.loads(report.write(tmp_path / "r.json").read_text())
+    validate_report(data)
+    assert [t["met"] for t in data["targets"]] == [True, False, None]
+    with pytest.raises(ValueError, match="better must be"):
+        report.add_target("x", 1.0, 1.0, "sideways")
+    del data["targets"][2]["reason"]
+    with pytest.raises(ValueError, match="no value and no reason"):
+        validate_report(data)
+
+
+def test_bench_moe_quick_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "moe.json"
+    result = CliRunner().invoke(
+        app, ["bench", "moe", "--quick", "--device", "cpu", "--budget", "0.05", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    validate_report(data)
+    assert data["benchmark"] == "moe" and data["environment"]["device"] == "cpu"
+    cases = {row["case"] for row in data["results"]}
+    assert cases == {f"{name}/tokens={t}" for name in ("mixtral-like", "fine-grained") for t in (4, 32)}
+    ours = [r for r in data["results"] if r["impl"] == "fathom"]
+    assert len(ours) == 4 and all(r["median_ms"] > 0 for r in ours)
+    baselines = [r for r in data["results"] if r["impl"] == "hf-eager"]
+    assert len(baselines) == 4
+    for row in baselines:
+        assert row["ratio"] > 0
+        assert row["max_abs_diff"] < 1e-4, "same weights and inputs must give the same outputs"
+    cuda_targets = [t for t in data["targets"] if t["name"].startswith("cuda")]
+    assert cuda_targets and all(t["value"] is None and "CUDA" in t["reason"] for t in cuda_targets)
+    assert any(t["name"].startswith("cpu") and t["value"] is not None for t in data["targets"])
+
+
+def test_bench_moe_rejects_bad_options() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "moe", "--device", "tpu"])
+    assert result.exit_code == 2 and "--device must be cpu or cuda" in result.output
+    result = runner.invoke(app, ["bench", "moe", "--tokens", "1,x"])
+    assert result.exit_code == 2 and "comma-separated integers" in result.output

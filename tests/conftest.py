@@ -1,0 +1,46 @@
+"""Test tiers: the default run is fast and CPU-only; markers say what else a test needs.
+
+- ``gpu``: a CUDA device (skipped without one). Without CUDA, Triton kernels run under the
+  interpreter: TRITON_INTERPRET is set here, before anything imports triton.
+- ``realdata``: ../shared/data beside the repository (skipped when absent).
+- ``integration``: a real server started by the test's own fixture (each fixture skips with
+  the reason when the server binary is missing).
+- ``slow``: runs by default; deselect with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:  # torch is imported here only to learn whether CUDA exists before triton is imported
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
+    skip_data = pytest.mark.skip(reason=f"needs real data in {SHARED_DATA} (absent)")
+    for item in items:
+        if "gpu" in item.keywords and not _HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "realdata" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs real data in {SHARED_DATA} (absent)")
+    return SHARED_DATA
