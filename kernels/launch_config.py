@@ -11,7 +11,8 @@ Layout of a table (``_``-prefixed keys are comments and provenance, ignored by l
 :func:`get_config` picks the device, then the exact shape key, then the M bucket nearest in log scale. With no
 entry it falls back to :func:`heuristic_config`. Under ``TRITON_INTERPRET=1`` it always returns one small
 config, since the interpreter ignores warps and stages and is fastest with few, small programs.
-Regenerate a table on a GPU with ``python -m kernels.tune --op moe_experts --out kernels/configs/moe_experts.json``.
+Regenerate a table on a GPU with
+``python -m kernels.tune --op moe_experts --out kernels/configs/moe_experts.json``.
 """
 
 import functools
@@ -37,7 +38,7 @@ DEFAULT_SHARED_MEMORY = 96 * 1024  # fits sm_86/sm_89 (~100 KiB); A100/H100 repo
 
 
 def shape_key(op: str, **shape: int) -> str:
-    """The table key for a shape, e.g. ``shape_key("moe_experts", E=8, H=4096, I=14336)`` -> "E=8,H=4096,I=14336"."""
+    """Table key of a shape: ``shape_key("moe_experts", E=8, H=4096, I=14336)`` -> "E=8,H=4096,I=14336"."""
     return ",".join(f"{name}={int(shape[name])}" for name in SHAPE_KEYS[op])
 
 
@@ -125,7 +126,7 @@ def get_config(op: str, device: torch.device | str, **shape) -> dict:
         config = heuristic_config(op, **shape)
     if op == "moe_experts":
         dtype = shape.get("dtype", torch.bfloat16)
-        config = fit_shared_memory(config, torch.empty((), dtype=dtype).element_size(), _shared_memory(device))
+        config = fit_shared_memory(config, dtype.itemsize, _shared_memory(device))
     return config
 
 

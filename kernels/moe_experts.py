@@ -2,7 +2,7 @@
 
 Given the routing of T tokens to K experts each (slots s = t*K + j, see ``kernels.moe_routing``):
 
-    out[t] = sum_j w[t, j] * W2[e] @ (silu(W13[e, :I] @ x[t]) * (W13[e, I:] @ x[t])),  e = expert of slot t*K + j
+    out[t] = sum_j w[t, j] * W2[e] @ (silu(W13[e, :I] @ x[t]) * (W13[e, I:] @ x[t])),  e = expert(t*K + j)
 
 over kept slots only. Shapes: x (T, H); w13 (E, 2I, H), gate rows first then up rows (the Hugging Face
 ``gate_up_proj`` layout); w2 (E, H, I) (``down_proj``); topk_weights (T, K); sorted_slots (T*K,) and
@@ -31,7 +31,9 @@ from kernels.launch_config import get_config
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check_experts_args(x, w13, w2, topk_weights, sorted_slots, expert_offsets) -> tuple[int, int, int, int, int]:
+def _check_experts_args(
+    x, w13, w2, topk_weights, sorted_slots, expert_offsets
+) -> tuple[int, int, int, int, int]:
     """Validate the arguments of moe_experts(_ref); returns (T, H, E, I, K)."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (T, H), got shape {tuple(x.shape)}")
@@ -45,15 +47,19 @@ def _check_experts_args(x, w13, w2, topk_weights, sorted_slots, expert_offsets) 
             "from w13 and x"
         )
     if topk_weights.dim() != 2 or topk_weights.shape[0] != num_tokens:
-        raise ValueError(f"topk_weights has shape {tuple(topk_weights.shape)} but expected (T, K) with T={num_tokens}")
+        raise ValueError(
+            f"topk_weights has shape {tuple(topk_weights.shape)} but expected (T, K) with T={num_tokens}"
+        )
     top_k = topk_weights.shape[1]
     if tuple(sorted_slots.shape) != (num_tokens * top_k,):
         raise ValueError(
-            f"sorted_slots has shape {tuple(sorted_slots.shape)} but expected (T*K,) = ({num_tokens * top_k},)"
+            f"sorted_slots has shape {tuple(sorted_slots.shape)} but expected (T*K,) = "
+            f"({num_tokens * top_k},)"
         )
     if tuple(expert_offsets.shape) != (num_experts + 1,):
         raise ValueError(
-            f"expert_offsets has shape {tuple(expert_offsets.shape)} but expected (E+1,) = ({num_experts + 1},)"
+            f"expert_offsets has shape {tuple(expert_offsets.shape)} but expected (E+1,) = "
+            f"({num_experts + 1},)"
         )
     if x.dtype not in DTYPES or w13.dtype != x.dtype or w2.dtype != x.dtype:
         raise ValueError(
@@ -196,7 +202,9 @@ def _moe_down_kernel(
     tl.store(out_ptrs, acc, mask=row_mask[:, None] & col_mask[None, :])
 
 
-def _block_map(expert_offsets: torch.Tensor, num_slots: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_map(
+    expert_offsets: torch.Tensor, num_slots: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which expert and first sorted row each program's row block covers; expert -1 marks idle programs.
 
     Expert e needs ceil(n_e / BLOCK_M) blocks; their sum is at most ceil(S / BLOCK_M) + E - 1 and at most S,

@@ -33,8 +33,8 @@ SCORINGS = ("softmax", "sigmoid")
 class RoutingOutput(NamedTuple):
     topk_weights: torch.Tensor  # (T, K) float32
     topk_ids: torch.Tensor  # (T, K) int32
-    # (T*K,) int32: slots s = t*K + j grouped by ascending expert id, ascending slot within an expert; slots whose
-    # id is outside [0, E) ("dropped") come last.
+    # (T*K,) int32: slots s = t*K + j grouped by ascending expert id, ascending slot within an expert;
+    # slots whose id is outside [0, E) ("dropped") come last.
     sorted_slots: torch.Tensor
     # (E+1,) int32: expert e owns sorted_slots[offsets[e]:offsets[e+1]]; offsets[E] = number of kept slots.
     expert_offsets: torch.Tensor
@@ -62,7 +62,8 @@ def _check_routing_args(logits, top_k, scoring, correction_bias, num_groups, top
     if correction_bias is not None:
         if tuple(correction_bias.shape) != (num_experts,):
             raise ValueError(
-                f"correction_bias has shape {tuple(correction_bias.shape)} but expected (E,) = ({num_experts},)"
+                f"correction_bias has shape {tuple(correction_bias.shape)} but expected (E,) = "
+                f"({num_experts},)"
             )
         if correction_bias.device != logits.device:
             raise ValueError(f"correction_bias is on {correction_bias.device} but logits on {logits.device}")
@@ -327,4 +328,3 @@ def moe_routing(
             num_warps=config["num_warps"],
         )  # fmt: skip
     return RoutingOutput(weights, ids, *sort_by_expert(ids, num_experts, config=config))
-

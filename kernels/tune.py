@@ -8,6 +8,12 @@ For each shape and token count M it builds random inputs, checks every candidate
 (wrong or unlaunchable candidates are skipped), times the rest with ``triton.testing.do_bench`` and stores the
 fastest under this GPU's name (``capabilities.device_name``), keeping other devices' entries. Exits with a
 message, changing nothing, where there is no CUDA GPU.
+
+    python -m kernels.tune --compile-only --arch 80 --arch 90
+
+compiles every kernel for the given CUDA architectures with Triton's bundled ptxas and needs no GPU: the
+check a CPU-only CI can make that the compiled path still lowers (the interpreter accepts more than the
+compiler). Run it with TRITON_INTERPRET unset.
 """
 
 import argparse
@@ -66,8 +72,8 @@ def _inputs(op: str, shape: dict, m: int, dtype: torch.dtype):
         return (logits, topk)
     h, i = shape["H"], shape["I"]
     x = torch.randn(m, h, device="cuda", dtype=dtype, generator=gen)
-    w13 = (torch.randn(e, 2 * i, h, device="cuda", dtype=dtype, generator=gen) / h**0.5)
-    w2 = (torch.randn(e, h, i, device="cuda", dtype=dtype, generator=gen) / i**0.5)
+    w13 = torch.randn(e, 2 * i, h, device="cuda", dtype=dtype, generator=gen) / h**0.5
+    w2 = torch.randn(e, h, i, device="cuda", dtype=dtype, generator=gen) / i**0.5
     r = moe_routing_ref(logits, topk)
     return (x, w13, w2, r.topk_weights, r.sorted_slots, r.expert_offsets)
 
@@ -92,7 +98,8 @@ def tune_one(op: str, shape: dict, m: int, dtype: torch.dtype, quick: bool) -> t
                 torch.testing.assert_close(got.topk_weights, expected.topk_weights)
             ms = triton.testing.do_bench(lambda c=config: fn(*args, config=c), warmup=5, rep=25)
         except Exception as err:  # out of shared memory / registers, or a wrong result: not a candidate
-            print(f"  skip {config}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+            first_line = (str(err).splitlines() or [""])[0][:120]
+            print(f"  skip {config}: {type(err).__name__}: {first_line}")
             continue
         if best is None or ms < best[1]:
             best = (config, ms)
@@ -122,26 +129,83 @@ def format_table(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compile_check(arch: int) -> list[str]:
+    """Compile each kernel for sm_<arch> with representative launch parameters; one line per kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import moe_experts, moe_routing
+
+    target = GPUTarget("cuda", arch, 32)
+    routing = [  # DeepSeek-V3 (sigmoid, bias, 8 groups), Mixtral (softmax, one group)
+        dict(GROUP_SIZE=32, NUM_GROUPS=8, TOPK_GROUPS=4, TOP_K=8, SIGMOID=True, HAS_BIAS=True,
+             RENORMALIZE=True, BLOCK_T=16, BLOCK_G=8, BLOCK_GS=32, BLOCK_K=8),
+        dict(GROUP_SIZE=8, NUM_GROUPS=1, TOPK_GROUPS=1, TOP_K=2, SIGMOID=False, HAS_BIAS=False,
+             RENORMALIZE=True, BLOCK_T=64, BLOCK_G=1, BLOCK_GS=8, BLOCK_K=2),
+    ]  # fmt: skip
+    jobs = [
+        (moe_routing._moe_routing_kernel, {"logits_ptr": "bf16", "bias_ptr": "fp32"}, c, 4, 1)
+        for c in routing
+    ]
+    jobs += [(fn, {}, {"BLOCK": 128}, 4, 1) for fn in (moe_routing._expert_histogram_kernel,
+                                                       moe_routing._expert_scatter_kernel)]  # fmt: skip
+    tiles = [dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64)]
+    for dtype, tile in [("bf16", tiles[0]), ("bf16", tiles[1]), ("fp16", tiles[1]), ("fp32", tiles[1])]:
+        ptrs = {n: dtype for n in ("x_ptr", "w13_ptr", "w2_ptr", "inter_ptr")}
+        ptrs |= {"out_ptr": "fp32", "topk_weights_ptr": "fp32"}
+        const = dict(UPCAST=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **tile)
+        jobs.append((moe_experts._moe_gate_up_kernel, ptrs, dict(const, TOP_K=2), 8, 3))
+        jobs.append((moe_experts._moe_down_kernel, ptrs, const, 8, 3))
+    lines = []
+    for fn, ptrs, const, num_warps, num_stages in jobs:
+        names = fn.arg_names
+        sig = {
+            n: "constexpr" if n in const else "*" + ptrs.get(n, "i32") if n.endswith("_ptr") else
+            "fp32" if n == "scaling_factor" else "i32"
+            for n in names
+        }  # fmt: skip
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()})
+        kernel = triton.compile(
+            src, target=target, options={"num_warps": num_warps, "num_stages": num_stages}
+        )
+        lines.append(f"sm_{arch} {fn.__name__} {ptrs.get('x_ptr', '')} ok, {kernel.metadata.shared} B shared")
+    return lines
+
+
 def parse_shape(op: str, text: str) -> dict:
     shape = {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
     missing = [k for k in (*SHAPE_KEYS[op], "topk") if k not in shape]
     if missing:
-        raise argparse.ArgumentTypeError(f"--shape {text!r} lacks {missing}")
+        raise ValueError(f"--shape {text!r} lacks {missing}")
     return shape
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kernels.tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--op", choices=sorted(SHAPE_KEYS), required=True)
+    parser.add_argument("--op", choices=sorted(SHAPE_KEYS))
     parser.add_argument("--out", type=Path, help="JSON table to update (default kernels/configs/<op>.json)")
     parser.add_argument("--shape", action="append", help="e.g. E=8,H=4096,I=14336,topk=2 (repeatable)")
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     parser.add_argument("--quick", action="store_true", help="a smaller candidate set")
+    parser.add_argument("--compile-only", action="store_true", help="compile for --arch, no GPU needed")
+    parser.add_argument("--arch", type=int, action="append", help="CUDA arch for --compile-only (e.g. 90)")
     args = parser.parse_args(argv)
 
+    if args.compile_only:
+        if capabilities.TRITON_INTERPRET or not capabilities.HAS_TRITON:
+            sys.exit("kernels.tune --compile-only needs triton installed and TRITON_INTERPRET unset.")
+        for arch in args.arch or [80, 90]:
+            print("\n".join(compile_check(arch)), flush=True)
+        return
+    if args.op is None:
+        parser.error("--op is required (or --compile-only)")
+
     if capabilities.TRITON_INTERPRET:
-        sys.exit("kernels.tune: TRITON_INTERPRET=1 is set; timings under the interpreter mean nothing. Unset it.")
+        sys.exit(
+            "kernels.tune: TRITON_INTERPRET=1 is set; timings under the interpreter mean nothing. Unset it."
+        )
     if not torch.cuda.is_available():
         sys.exit("kernels.tune times kernels on a CUDA GPU and none is available here; nothing was changed.")
     ok, reason = capabilities.triton_status("cuda")
@@ -149,12 +213,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"kernels.tune: the Triton kernels cannot run here: {reason}; nothing was changed.")
 
     out = args.out or CONFIG_DIR / f"{args.op}.json"
-    shapes = [parse_shape(args.op, s) for s in args.shape] if args.shape else DEFAULT_SHAPES[args.op]
+    try:
+        shapes = [parse_shape(args.op, s) for s in args.shape] if args.shape else DEFAULT_SHAPES[args.op]
+    except ValueError as err:
+        parser.error(str(err))
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     dtype = getattr(torch, args.dtype)
     table = json.loads(out.read_text()) if out.exists() else {}
     dev = capabilities.device_name("cuda")
     per_dev = table.setdefault(dev, {})
+    source = (
+        f"measured by kernels.tune on {datetime.date.today()}, dtype {args.dtype}, "
+        f"torch {torch.__version__}, triton {capabilities.triton.__version__}"
+    )
     for shape in shapes:
         key = shape_key(args.op, **shape)
         for m in batch_sizes:
@@ -164,12 +235,11 @@ def main(argv: list[str] | None = None) -> None:
                 print("  no candidate ran; keeping the old entry")
                 continue
             print(f"  best {best[0]} {best[1] * 1e3:.1f} us")
-            per_dev.setdefault(key, {})[str(m)] = best[0]
-    per_dev["_source"] = (
-        f"measured by kernels.tune on {datetime.date.today()}, dtype {args.dtype}, "
-        f"torch {torch.__version__}, triton {__import__('triton').__version__}"
-    )
-    out.write_text(format_table(table))
+            buckets = per_dev.setdefault(key, {})
+            buckets.pop("_source", None)  # re-added last, so it follows the buckets in the file
+            buckets[str(m)] = best[0]
+            buckets["_source"] = source
+            out.write_text(format_table(table))  # after every bucket: a long run that dies keeps its results
     print(f"wrote {out}")
 
 
