@@ -30,8 +30,12 @@ def _fail(message: str) -> None:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -88,7 +92,9 @@ def _print_results(data: dict) -> None:
 def bench_moe(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
-    tokens: Annotated[str | None, typer.Option(help="Comma-separated token counts (default 16,512,4096).")] = None,
+    tokens: Annotated[
+        str | None, typer.Option(help="Comma-separated token counts (default 16,512,4096).")
+    ] = None,
     quick: Annotated[bool, typer.Option(help="Tiny shapes, for smoke tests.")] = False,
     budget: Annotated[float, typer.Option(help="Seconds of timed repeats per measurement.")] = 2.0,
 ) -> None:
@@ -105,7 +111,9 @@ def bench_moe(
         _fail("--tokens must be positive")
     try:
         with console.status("benchmarking MoE") as status:
-            report = moe.run(device=device, tokens=counts, quick=quick, budget_s=budget, progress=status.update)
+            report = moe.run(
+                device=device, tokens=counts, quick=quick, budget_s=budget, progress=status.update
+            )
     except RuntimeError as exc:
         _fail(str(exc))
     data = report.to_dict()

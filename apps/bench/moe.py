@@ -11,6 +11,7 @@ matmul of the same FLOPs timed in the same run, and GB/s of expert weights read 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,7 @@ def build_hf_block(case: BenchCase, seed: int = 0) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(seed)
     block = block_cls(cfg)
     with torch.no_grad():
-        for name, p in block.named_parameters():
+        for p in block.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
         for name, b in block.named_buffers():
             if "bias" in name:
@@ -173,7 +174,7 @@ def run(
             say(f"{label}: fathom ({ours.backend})")
             with torch.inference_mode():
                 ours_out = ours(x)
-                t_ours = time_fn(lambda: ours(x), device=device, budget_s=budget_s)
+                t_ours = time_fn(functools.partial(ours, x), device=device, budget_s=budget_s)
             row = report.add_result(
                 label, "fathom", median_ms=round(t_ours.median_ms, 4), p95_ms=round(t_ours.p95_ms, 4)
             )
@@ -200,7 +201,7 @@ def run(
                     _set_impl(block, impl)
                     with torch.inference_mode():
                         theirs_out = block(x)
-                        t = time_fn(lambda: block(x), device=device, budget_s=budget_s)
+                        t = time_fn(functools.partial(block, x), device=device, budget_s=budget_s)
                 except Exception as exc:  # an implementation that needs other hardware or packages
                     report.add_result(label, f"hf-{impl}", skipped=f"{type(exc).__name__}: {exc}"[:200])
                     continue
@@ -216,7 +217,6 @@ def run(
                     ratio=round(ratio, 4),
                     max_abs_diff=float((ours_out.float() - theirs_out.float()).abs().max()),
                 )
-        del block, ours
 
     _add_targets(report, device, cases, tokens, ratios, dense_fraction)
     return report
@@ -238,7 +238,9 @@ def _add_targets(
             name = f"cpu {case.name} tokens={n_tok}: fathom / fastest Hugging Face time"
             measured = ratios.get((case.name, n_tok), {})
             if on_cuda:
-                report.add_target(name, None, target, "lower", reason="CPU targets are measured with --device cpu")
+                report.add_target(
+                    name, None, target, "lower", reason="CPU targets are measured with --device cpu"
+                )
             elif not measured:
                 report.add_target(name, None, target, "lower", reason="no Hugging Face implementation ran")
             else:
@@ -249,13 +251,18 @@ def _add_targets(
         if on_cuda and grouped is None:
             reason = "Hugging Face grouped_mm did not run"
         report.add_target(
-            name, None if grouped is None or not on_cuda else round(grouped, 4), 1 / CUDA_SPEEDUP_4096, "lower",
+            name,
+            None if grouped is None or not on_cuda else round(grouped, 4),
+            1 / CUDA_SPEEDUP_4096,
+            "lower",
             reason=reason,
         )
         name = f"cuda {case.name} tokens={large}: fraction of dense bf16 matmul throughput"
         frac = dense_fraction.get((case.name, large))
         report.add_target(
-            name, None if frac is None else round(frac, 4), CUDA_DENSE_FRACTION, "higher",
+            name,
+            None if frac is None else round(frac, 4),
+            CUDA_DENSE_FRACTION,
+            "higher",
             reason=None if frac is not None else "no CUDA device in this run (H100/H200 target)",
         )
-

@@ -81,7 +81,9 @@ class MoEConfig:
         if self.scoring not in ("softmax", "sigmoid"):
             raise ValueError(f"MoEConfig.scoring must be 'softmax' or 'sigmoid', got {self.scoring!r}")
         if self.balancing not in ("aux_loss", "bias", "none"):
-            raise ValueError(f"MoEConfig.balancing must be 'aux_loss', 'bias' or 'none', got {self.balancing!r}")
+            raise ValueError(
+                f"MoEConfig.balancing must be 'aux_loss', 'bias' or 'none', got {self.balancing!r}"
+            )
         if self.num_experts % self.num_groups:
             raise ValueError(
                 f"MoEConfig.num_experts={self.num_experts} is not divisible by num_groups={self.num_groups}"

@@ -24,7 +24,7 @@ def _grouped_mm_aligned(*tensors: torch.Tensor) -> bool:
     """grouped_mm needs 16-byte aligned strides and storage (odd widths fall back to GEMMs)."""
     for t in tensors:
         size = t.element_size()
-        if t.data_ptr() % 16 or any((st * size) % 16 for st, dim in zip(t.stride(), t.shape) if st != 1):
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride() if st != 1):
             return False
     return True
 
@@ -119,7 +119,7 @@ class RoutedExperts(nn.Module):
         nn.init.normal_(self.w2, std=self.init_std)
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}"
+        return f"experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}"
 
 
 class SwiGLUMLP(nn.Module):

@@ -105,7 +105,9 @@ class MoE(nn.Module):
         if self._explicit_backend:
             raise RuntimeError(f"MoE backend 'triton' cannot run on {x.device}: {why}")
         if not self._warned_fallback:
-            logger.warning("MoE: input on %s, Triton unusable there (%s); using the torch path", x.device, why)
+            logger.warning(
+                "MoE: input on %s, Triton unusable there (%s); using the torch path", x.device, why
+            )
             self._warned_fallback = True
         return False
 
@@ -135,7 +137,9 @@ class MoE(nn.Module):
         if flat.dtype != w13.dtype:
             flat = flat.to(w13.dtype)
         if use_triton:
-            out = moe_experts(flat, w13, w2, routing.topk_weights, routing.sorted_slots, routing.expert_offsets)
+            out = moe_experts(
+                flat, w13, w2, routing.topk_weights, routing.sorted_slots, routing.expert_offsets
+            )
         else:
             out = swiglu_experts_torch(
                 flat, w13, w2, routing.topk_weights, routing.sorted_slots, routing.expert_offsets

@@ -68,7 +68,9 @@ class Router(nn.Module):
         nn.init.normal_(self.weight, std=config.init_std)
         if config.balancing == "bias" or config.scoring == "sigmoid":
             # DeepSeek-V3 keeps this bias in fp32 whatever the model dtype: it only ranks experts.
-            self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts, dtype=torch.float32))
+            self.register_buffer(
+                "e_score_correction_bias", torch.zeros(config.num_experts, dtype=torch.float32)
+            )
         else:
             self.e_score_correction_bias = None
 

@@ -18,7 +18,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "core" / "moe" / "configs"
         ({"balancing": "magic"}, "balancing must be"),
         ({"num_groups": 2}, "not divisible by num_groups"),
         ({"num_experts": 8, "num_groups": 4, "topk_groups": 5}, "topk_groups=5 exceeds"),
-        ({"num_experts": 8, "num_groups": 4, "topk_groups": 1, "top_k": 3}, "exceeds the 2 experts reachable"),
+        (
+            {"num_experts": 8, "num_groups": 4, "topk_groups": 1, "top_k": 3},
+            "exceeds the 2 experts reachable",
+        ),
         ({"capacity_factor": 0.0}, "capacity_factor must be positive"),
         ({"shared_expert_gate": True}, "needs shared experts"),
     ],
@@ -32,7 +35,9 @@ def test_yaml_configs_load_and_match_the_presets(tmp_path: Path) -> None:
     assert MoEConfig.from_yaml(CONFIG_DIR / "mixtral_like.yaml") == MoEConfig.mixtral_like()
     assert MoEConfig.from_yaml(CONFIG_DIR / "fine_grained.yaml") == MoEConfig.fine_grained()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("moe:\n  hidden_size: 8\n  intermediate_size: 8\n  num_experts: 2\n  top_k: 1\n  colour: red\n")
+    bad.write_text(
+        "moe:\n  hidden_size: 8\n  intermediate_size: 8\n  num_experts: 2\n  top_k: 1\n  colour: red\n"
+    )
     with pytest.raises(ValueError, match="unknown MoEConfig fields: colour"):
         MoEConfig.from_yaml(bad)
 

@@ -37,12 +37,17 @@ def test_tiny_moe_classifier_learns_with_balanced_experts(balancing: str) -> Non
     x, y = spirals(2048, classes, gen)
     x_val, y_val = spirals(512, classes, gen)
     cfg = MoEConfig(
-        hidden_size=32, intermediate_size=32, num_experts=4, top_k=2, balancing=balancing,
-        aux_loss_coef=0.05, bias_update_rate=0.01,
+        hidden_size=32,
+        intermediate_size=32,
+        num_experts=4,
+        top_k=2,
+        balancing=balancing,
+        aux_loss_coef=0.05,
+        bias_update_rate=0.01,
     )
     model = TinyMoEClassifier(cfg, classes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(300):
+    for _step in range(300):
         idx = torch.randint(0, x.shape[0], (128,), generator=gen)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx]) + model.moe.aux_loss
         opt.zero_grad()
