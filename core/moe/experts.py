@@ -2,22 +2,50 @@
 
 The routed experts keep their weights in the Hugging Face layout (``w13`` = gate rows then up
 rows, ``w2`` = down), so loading from and comparing against Mixtral/Qwen/DeepSeek/OLMoE blocks
-is a copy. The torch path below is what the layer runs on the CPU and for training: tokens are
-gathered once in expert order, each expert that received tokens runs two GEMMs on its
-contiguous segment (or one ``grouped_mm`` call covers all experts when the segments are short),
-and the weighted rows are scattered back with one ``index_add_``.
+is a copy. ``swiglu_experts_torch`` is what the layer runs on the CPU and for training; it
+works on slots already sorted by expert (``kernels.moe_routing``) and picks one of three
+schedules, all computing the same sum:
+
+* training (autograd recording): gather the tokens once in expert order, one GEMM pair per
+  active expert, one ``index_add`` back;
+* inference, short segments (few rows per active expert, e.g. decoding): the fused C kernel of
+  ``kernels.moe_experts_cpu`` (fp32 on an AVX-512 CPU: streams each weight row once), else one
+  ``grouped_mm`` call per projection instead of a Python loop over dozens of experts;
+* inference, long segments (prefill, batch scoring): stream expert by expert (gather its rows,
+  GEMM pair, scale, ``index_add_`` into the output) so no (T*K, H) temporaries are allocated;
+  on a CPU their page faults cost more than the gather itself (``fathom bench moe``).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Segments shorter than this (rows per active expert, on average) go through one grouped_mm
-# call; longer ones through per-expert GEMMs, which MKL runs faster at large M (fathom bench moe).
-GROUPED_MM_MAX_AVG_ROWS = 48
+from kernels.moe_experts_cpu import cpu_kernel_status, moe_experts_cpu
+
+logger = logging.getLogger(__name__)
+
+# Average rows per active expert below which one grouped_mm call beats per-expert GEMMs on a
+# 2-core CPU (measured with fathom bench moe: decoding-sized segments).
+GROUPED_MM_MAX_AVG_ROWS = 16
+# Same for the fused C kernel, which beats torch up to about 16 rows per expert (fathom bench moe).
+CPU_KERNEL_MAX_AVG_ROWS = 16
 _HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+_logged_cpu_kernel = False
+
+
+def _use_cpu_kernel(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> bool:
+    global _logged_cpu_kernel
+    if x.device.type != "cpu" or not x.dtype == w13.dtype == w2.dtype == torch.float32:
+        return False
+    ok, why = cpu_kernel_status()
+    if not _logged_cpu_kernel:
+        logger.info("MoE CPU decode kernel: %s", "in use" if ok else f"not used ({why})")
+        _logged_cpu_kernel = True
+    return ok
 
 
 def _grouped_mm_aligned(*tensors: torch.Tensor) -> bool:
@@ -29,6 +57,14 @@ def _grouped_mm_aligned(*tensors: torch.Tensor) -> bool:
     return True
 
 
+def _swiglu(gate_up: torch.Tensor, inter: int, inplace: bool) -> torch.Tensor:
+    """(rows, 2I) -> (rows, I): silu(gate) * up."""
+    gate, up = gate_up[:, :inter], gate_up[:, inter:]
+    if inplace:
+        return F.silu(gate, inplace=True).mul_(up)
+    return F.silu(gate) * up
+
+
 def swiglu_experts_torch(
     x: torch.Tensor,
     w13: torch.Tensor,
@@ -37,7 +73,7 @@ def swiglu_experts_torch(
     sorted_slots: torch.Tensor,
     expert_offsets: torch.Tensor,
 ) -> torch.Tensor:
-    """Weighted sum of each token's routed SwiGLU experts, differentiable.
+    """Weighted sum of each token's routed SwiGLU experts (differentiable when autograd records).
 
     Args:
         x: token activations.
@@ -52,48 +88,48 @@ def swiglu_experts_torch(
         x (T, H), w13 (E, 2I, H), w2 (E, H, I), topk_weights (T, K), sorted_slots (T*K,),
         expert_offsets (E+1,) -> (T, H)
     """
-    num_tokens, hidden = x.shape
     top_k = topk_weights.shape[1]
     inter = w2.shape[2]
-    counts = torch.diff(expert_offsets).tolist()  # the one host sync of the layer
-    kept = int(sum(counts))
+    offsets = expert_offsets.tolist()  # the one host sync of the layer
+    kept = offsets[-1]
     out = torch.zeros_like(x)
     if kept == 0:
         return out
     slots = sorted_slots[:kept].long()  # (S,)
     token_of_row = slots // top_k  # (S,)
-    x_sorted = x.index_select(0, token_of_row)  # (S, H)
+    weights = topk_weights.reshape(-1)[slots].to(x.dtype)  # (S,)
+    segments = [(e, a, b) for e, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)) if b > a]
 
-    active = [c for c in counts if c > 0]
-    use_grouped = (
-        _HAS_GROUPED_MM
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and kept / len(active) < GROUPED_MM_MAX_AVG_ROWS
-        and inter % 4 == 0
-        and _grouped_mm_aligned(x_sorted, w13, w2)
-    )
-    if use_grouped:
-        offs = expert_offsets[1:].to(torch.int32)
-        gate_up = F.grouped_mm(x_sorted, w13.transpose(1, 2), offs=offs)  # (S, 2I)
-        act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # (S, I)
-        y = F.grouped_mm(act, w2.transpose(1, 2), offs=offs)  # (S, H)
-    else:
+    grad = torch.is_grad_enabled() and (x.requires_grad or w13.requires_grad or w2.requires_grad)
+    if grad:
+        x_sorted = x[token_of_row]  # (S, H)
         pieces = []
-        start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            seg = x_sorted[start : start + count]  # (c, H)
-            gate_up = F.linear(seg, w13[expert])  # (c, 2I)
-            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # (c, I)
-            pieces.append(F.linear(act, w2[expert]))  # (c, H)
-            start += count
+        for e, a, b in segments:
+            act = _swiglu(F.linear(x_sorted[a:b], w13[e]), inter, inplace=False)  # (c, I)
+            pieces.append(F.linear(act, w2[e]))  # (c, H)
         y = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (S, H)
+        return out.index_add(0, token_of_row, y * weights[:, None])
 
-    weights = topk_weights.reshape(-1).index_select(0, slots).to(y.dtype)  # (S,)
-    y = y * weights[:, None]
-    return out.index_add(0, token_of_row, y.to(out.dtype))
+    short = kept / len(segments)
+    if short <= CPU_KERNEL_MAX_AVG_ROWS and _use_cpu_kernel(x, w13, w2):
+        return moe_experts_cpu(x, w13, w2, topk_weights, sorted_slots, expert_offsets)
+    if (
+        _HAS_GROUPED_MM
+        and x.device.type == "cpu"
+        and short < GROUPED_MM_MAX_AVG_ROWS
+        and _grouped_mm_aligned(x, w13, w2)
+    ):
+        offs = expert_offsets[1:].to(torch.int32)
+        gate_up = F.grouped_mm(x[token_of_row], w13.transpose(1, 2), offs=offs)  # (S, 2I)
+        y = F.grouped_mm(_swiglu(gate_up, inter, inplace=True), w2.transpose(1, 2), offs=offs)  # (S, H)
+        return out.index_add_(0, token_of_row, y.mul_(weights[:, None]))
+
+    for e, a, b in segments:
+        rows = token_of_row[a:b]  # (c,)
+        act = _swiglu(torch.mm(x[rows], w13[e].t()), inter, inplace=True)  # (c, I)
+        y = torch.mm(act, w2[e].t()).mul_(weights[a:b, None])  # (c, H)
+        out.index_add_(0, rows, y)
+    return out
 
 
 class RoutedExperts(nn.Module):

@@ -57,3 +57,18 @@ def test_bench_moe_rejects_bad_options() -> None:
     assert result.exit_code == 2 and "--device must be cpu or cuda" in result.output
     result = runner.invoke(app, ["bench", "moe", "--tokens", "1,x"])
     assert result.exit_code == 2 and "comma-separated integers" in result.output
+
+
+def test_bench_moe_on_cuda_without_a_gpu_says_so() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = CliRunner().invoke(app, ["bench", "moe", "--device", "cuda", "--quick"])
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+
+
+def test_fathom_info_lists_the_kernel_paths() -> None:
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "triton kernels on cpu" in result.output and "torch" in result.output

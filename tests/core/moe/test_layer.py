@@ -63,16 +63,40 @@ def test_keeps_leading_shape_and_dtype() -> None:
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
 
 
-def test_grouped_mm_and_per_expert_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_inference_schedules_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """C decode kernel, grouped_mm (short segments), streamed GEMMs (long) and the autograd path."""
+    from kernels.moe_experts_cpu import cpu_kernel_status
+
     torch.manual_seed(1)
-    layer = MoE(MoEConfig.tiny(num_experts=7, top_k=3), backend="torch").eval()
+    layer = MoE(MoEConfig.tiny(num_experts=7, top_k=3, intermediate_size=40), backend="torch").eval()
     x = torch.randn(41, 32)
+    calls: list[str] = []
+    for name in ("moe_experts_cpu",):
+        real = getattr(experts_mod, name)
+        monkeypatch.setattr(
+            experts_mod, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)
+        )
+    real_gm = experts_mod.F.grouped_mm
+    monkeypatch.setattr(
+        experts_mod.F, "grouped_mm", lambda *a, **k: calls.append("grouped_mm") or real_gm(*a, **k)
+    )
+    outputs = {}
     with torch.no_grad():
+        if cpu_kernel_status()[0]:
+            monkeypatch.setattr(experts_mod, "CPU_KERNEL_MAX_AVG_ROWS", 10**9)
+            outputs["kernel"] = layer(x)
+            assert calls[-1] == "moe_experts_cpu"
+        monkeypatch.setattr(experts_mod, "CPU_KERNEL_MAX_AVG_ROWS", -1)
         monkeypatch.setattr(experts_mod, "GROUPED_MM_MAX_AVG_ROWS", 10**9)
-        grouped = layer(x)
+        outputs["grouped"] = layer(x)
+        assert calls[-1] == "grouped_mm"
         monkeypatch.setattr(experts_mod, "GROUPED_MM_MAX_AVG_ROWS", 0)
-        looped = layer(x)
-    torch.testing.assert_close(grouped, looped, atol=1e-5, rtol=1e-5)
+        n_calls = len(calls)
+        outputs["streamed"] = layer(x)
+        assert len(calls) == n_calls
+    outputs["autograd"] = layer(x.clone().requires_grad_()).detach()
+    for name, out in outputs.items():
+        torch.testing.assert_close(out, outputs["streamed"], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_gradients_flow_to_every_parameter_and_the_input() -> None:

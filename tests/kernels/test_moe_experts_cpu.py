@@ -1,0 +1,106 @@
+"""The C decode kernel computes exactly moe_experts_ref, and says clearly when it cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import moe_experts_cpu as mod
+from kernels.moe_experts import moe_experts_ref
+from kernels.moe_experts_cpu import cpu_kernel_status, moe_experts_cpu
+from kernels.moe_routing import moe_routing_ref, sort_by_expert_ref
+
+_LIB, _WHY = mod._load()
+needs_kernel = pytest.mark.skipif(_LIB is None, reason=f"C kernel unavailable: {_WHY}")
+
+
+def _problem(t, h, i, e, k, seed=0, drop_every=0, empty_expert=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, h, generator=gen)
+    w13 = torch.randn(e, 2 * i, h, generator=gen) / h**0.5
+    w2 = torch.randn(e, h, i, generator=gen) / i**0.5
+    logits = torch.randn(t, e, generator=gen)
+    if empty_expert:
+        logits[:, 0] = -1e4
+    r = moe_routing_ref(logits, k)
+    ids = r.topk_ids.clone()
+    if drop_every:
+        ids.view(-1)[::drop_every] = e
+    sorted_slots, offsets = sort_by_expert_ref(ids, e)
+    return x, w13, w2, r.topk_weights, sorted_slots, offsets
+
+
+CASES = {
+    "odd": dict(t=37, h=48, i=40, e=5, k=2),
+    "no_simd_width": dict(t=9, h=13, i=7, e=3, k=2),  # H, I below one 16-lane vector
+    "one_token": dict(t=1, h=64, i=40, e=5, k=2),
+    "many_rows_per_expert": dict(t=61, h=48, i=40, e=2, k=2),  # > 8 rows: several register blocks
+    "empty_expert": dict(t=19, h=32, i=24, e=4, k=2, empty_expert=True),
+    "dropped_slots": dict(t=23, h=32, i=24, e=4, k=3, drop_every=4),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_the_reference(case: str) -> None:
+    args = _problem(**CASES[case])
+    torch.testing.assert_close(moe_experts_cpu(*args), moe_experts_ref(*args), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_all_slots_dropped_gives_zeros() -> None:
+    x, w13, w2, weights, _, _ = _problem(t=5, h=32, i=16, e=3, k=2)
+    ids = torch.full((5, 2), 3)
+    sorted_slots, offsets = sort_by_expert_ref(ids, 3)
+    assert moe_experts_cpu(x, w13, w2, weights, sorted_slots, offsets).abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda a: (a[0].bfloat16(), *a[1:]), "fp32 CPU tensors, x is torch.bfloat16"),
+        (lambda a: (a[0], a[1], a[2][:, :, :-1], *a[3:]), r"do not fit x"),
+        (lambda a: (*a[:5], a[5][:-1]), "expected E\\+1 = 6"),
+        (lambda a: (a[0][:-1], *a[1:]), r"topk_weights must be \(T, K\) with T=36"),
+    ],
+)
+def test_bad_arguments_name_the_problem(mutate, match) -> None:
+    args = _problem(**CASES["odd"])
+    with pytest.raises(ValueError, match=match):
+        moe_experts_cpu(*mutate(args))
+
+
+def test_status_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FATHOM_CPU_KERNEL", "0")
+    assert cpu_kernel_status() == (False, "disabled by FATHOM_CPU_KERNEL=0")
+
+
+def test_a_broken_compiler_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FATHOM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    mod._load.cache_clear()
+    try:
+        ok, why = cpu_kernel_status()
+        assert not ok and ("compiling moe_experts_cpu.c failed" in why or "x86-64" in why)
+        with pytest.raises(RuntimeError, match="moe_experts_cpu is unavailable"):
+            moe_experts_cpu(*_problem(**CASES["odd"]))
+    finally:
+        mod._load.cache_clear()
+
+
+@needs_kernel
+def test_the_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FATHOM_CACHE_DIR", str(tmp_path))
+    mod._load.cache_clear()
+    try:
+        assert mod._load()[0] is not None
+        built = list((tmp_path / "kernels").glob("moe_experts_cpu-*.so"))
+        assert len(built) == 1
+        mtime = built[0].stat().st_mtime_ns
+        mod._load.cache_clear()
+        assert mod._load()[0] is not None
+        assert built[0].stat().st_mtime_ns == mtime
+    finally:
+        mod._load.cache_clear()
