@@ -67,6 +67,34 @@ def time_fn(
     return Timing(samples)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    device: str = "cpu",
+    warmup: int = 2,
+    min_rounds: int = 5,
+    max_rounds: int = 50,
+    budget_s: float = 2.0,
+) -> dict[str, Timing]:
+    """Time several implementations round-robin (one call of each per round), so that a shared,
+    noisy machine slows all of them alike instead of whichever happened to run during a burst.
+    ``budget_s`` is per implementation."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for round_ in range(max_rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s * len(fns):
+            break
+    return {name: Timing(values) for name, values in samples.items()}
+
+
 def git_revision() -> str | None:
     try:
         out = subprocess.run(
