@@ -25,7 +25,7 @@ console = Console(stderr=True)
 
 def _fail(message: str) -> None:
     """One-line error, non-zero exit, no traceback."""
-    console.print(f"[red]error:[/red] {message}")
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -123,6 +123,23 @@ def bench_moe(
         console.print(f"report written to {json_path}")
     else:
         print(json.dumps(data, indent=2))
+
+
+@bench_app.command("table")
+def bench_table(
+    path: Annotated[Path, typer.Argument(help="A report written by fathom bench <area> --json.")],
+) -> None:
+    """Print a benchmark report as Markdown tables."""
+    from apps.bench.common import markdown_table, validate_report
+
+    try:
+        data = json.loads(path.read_text())
+        validate_report(data)
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    except (json.JSONDecodeError, ValueError) as exc:
+        _fail(f"{path} is not a benchmark report: {exc}")
+    print(markdown_table(data), end="")
 
 
 def main() -> None:

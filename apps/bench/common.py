@@ -194,3 +194,30 @@ def validate_report(data: dict[str, Any]) -> None:
                 raise ValueError(f"target lacks {key!r}: {row}")
         if row["value"] is None and not row.get("reason"):
             raise ValueError(f"target {row['name']!r} has no value and no reason")
+
+
+def markdown_table(data: dict[str, Any]) -> str:
+    """The results and targets of a report as Markdown tables (for the README and notes)."""
+    env = data["environment"]
+    lines = [
+        f"`fathom bench {data['benchmark']}` on {env['device']} ({env.get('cpus')} CPUs, "
+        f"torch {env['torch']}, git {env.get('git')}), {data['created']}",
+        "",
+        "| case | impl | median ms | p95 ms | ratio (fathom/impl) | max abs diff |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in data["results"]:
+        if "median_ms" not in row:
+            lines.append(f"| {row['case']} | {row['impl']} | skipped: {row.get('skipped', '')} | | | |")
+            continue
+        ratio = f"{row['ratio']:.3f}" if "ratio" in row else ""
+        diff = f"{row['max_abs_diff']:.1e}" if "max_abs_diff" in row else ""
+        times = f"{row['median_ms']:.2f} | {row['p95_ms']:.2f}"
+        lines.append(f"| {row['case']} | {row['impl']} | {times} | {ratio} | {diff} |")
+    lines += ["", "| target | value | goal | met |", "|---|---:|---:|---|"]
+    for t in data["targets"]:
+        value = f"n/a ({t.get('reason', '')})" if t["value"] is None else f"{t['value']:.3f}"
+        goal = ("<= " if t["better"] == "lower" else ">= ") + f"{t['target']:.3f}"
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['name']} | {value} | {goal} | {met} |")
+    return "\n".join(lines) + "\n"

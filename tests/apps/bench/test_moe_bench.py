@@ -72,3 +72,28 @@ def test_fathom_info_lists_the_kernel_paths() -> None:
     result = CliRunner().invoke(app, ["info"])
     assert result.exit_code == 0, result.output
     assert "triton kernels on cpu" in result.output and "torch" in result.output
+
+
+def test_bench_table_renders_a_report_and_rejects_other_files(tmp_path: Path) -> None:
+    report = Report("moe", "cpu")
+    report.add_result("mixtral-like/tokens=16", "fathom", median_ms=6.5, p95_ms=7.0)
+    report.add_result(
+        "mixtral-like/tokens=16", "hf-eager", median_ms=13.0, p95_ms=14.0, ratio=0.5, max_abs_diff=1e-7
+    )
+    report.add_result("mixtral-like/tokens=16", "hf-sonicmoe", skipped="needs kernels")
+    report.add_target("cpu tokens=16", 0.5, 0.714, "lower")
+    path = report.write(tmp_path / "r.json")
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "table", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "| mixtral-like/tokens=16 | hf-eager | 13.00 | 14.00 | 0.500 | 1.0e-07 |" in result.output
+    assert (
+        "skipped: needs kernels" in result.output
+        and "| cpu tokens=16 | 0.500 | <= 0.714 | yes |" in result.output
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"benchmark": "moe"}')
+    result = runner.invoke(app, ["bench", "table", str(bad)])
+    assert result.exit_code == 2 and "not a benchmark report" in result.output
+    result = runner.invoke(app, ["bench", "table", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "no such file" in result.output
