@@ -92,6 +92,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     fn.argtypes = [p, p, i64, i64, i64, p, p, p, p, p, i64, i64]
     fn.restype = None
+    mlp = lib.fathom_swiglu_mlp_cpu
+    mlp.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, i64, i64]
+    mlp.restype = None
     lib.fathom_moe_cpu_simd_width.restype = ctypes.c_int
     return lib, ""
 
@@ -170,3 +173,46 @@ def moe_experts_cpu(
         scale.data_ptr(), act.data_ptr(), y.data_ptr(), TILE, torch.get_num_threads(),
     )  # fmt: skip
     return out.index_add_(0, rows, y)
+
+
+def swiglu_mlp_cpu(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A dense SwiGLU MLP (a shared expert) over a few rows with the same C kernel, forward only:
+    ``scale * (w_down @ (silu(w_gate @ x) * (w_up @ x)))``.
+
+    Shapes:
+        x (M, H), w_gate (I, H), w_up (I, H), w_down (H, I), scale (M,) or None -> (M, H)
+    """
+    tensors = {"x": x, "w_gate": w_gate, "w_up": w_up, "w_down": w_down}
+    for name, t in tensors.items():
+        if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 2:
+            raise ValueError(
+                f"swiglu_mlp_cpu needs 2-D fp32 CPU tensors, {name} is {t.dtype} {tuple(t.shape)}"
+            )
+    rows, hidden = x.shape
+    inter = w_gate.shape[0]
+    if w_gate.shape != (inter, hidden) or w_up.shape != (inter, hidden) or w_down.shape != (hidden, inter):
+        raise ValueError(
+            f"swiglu_mlp_cpu expects w_gate/w_up (I, H) and w_down (H, I) with H={hidden}; got "
+            f"{tuple(w_gate.shape)}, {tuple(w_up.shape)}, {tuple(w_down.shape)}"
+        )
+    if scale is not None and scale.shape != (rows,):
+        raise ValueError(f"scale must have shape ({rows},), got {tuple(scale.shape)}")
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(f"swiglu_mlp_cpu is unavailable: {why}")
+    xc = x.contiguous()
+    wg, wu, wd = (w.detach().contiguous() for w in (w_gate, w_up, w_down))
+    sc = None if scale is None else scale.detach().float().contiguous()
+    act = torch.empty(rows, inter)
+    y = torch.empty(rows, hidden)
+    lib.fathom_swiglu_mlp_cpu(
+        xc.data_ptr(), rows, hidden, inter, wg.data_ptr(), wu.data_ptr(), wd.data_ptr(),
+        None if sc is None else sc.data_ptr(), act.data_ptr(), y.data_ptr(), TILE, torch.get_num_threads(),
+    )  # fmt: skip
+    return y

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.moe_experts_cpu import cpu_kernel_status, moe_experts_cpu
+from kernels.moe_experts_cpu import cpu_kernel_status, moe_experts_cpu, swiglu_mlp_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -173,4 +173,13 @@ class SwiGLUMLP(nn.Module):
             nn.init.normal_(lin.weight, std=init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w_gate, w_up, w_down = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        if (
+            x.dim() == 2
+            and x.shape[0] <= CPU_KERNEL_MAX_AVG_ROWS
+            and not (torch.is_grad_enabled() and (x.requires_grad or w_gate.requires_grad))
+            and _use_cpu_kernel(x, w_gate, w_down)
+            and w_up.dtype == torch.float32
+        ):
+            return swiglu_mlp_cpu(x, w_gate, w_up, w_down)  # decode-sized: stream the weights once
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -14,6 +14,7 @@
  *   scale   (S,)       routing weight of each row
  *   act     (S, I)     workspace
  *   y       (S, H)     out: y[r] = scale[r] * w2[e] @ (silu(w13[e, :I] @ x[r]) * (w13[e, I:] @ x[r]))
+ * and the same for a dense SwiGLU MLP (a shared expert) over a few rows.
  */
 #include <math.h>
 #include <stdint.h>
@@ -88,9 +89,13 @@ static inline void dot_rows2(const float *wa, const float *wb, const float *cons
         }
 }
 
-void fathom_moe_experts_cpu(const float *x, const int64_t *offsets, int64_t E, int64_t H, int64_t I,
-                            const float *w13, const float *w2, const float *scale, float *act, float *y,
-                            int64_t tile, int64_t num_threads) {
+/* Expert e's gate rows start at gate + e * gu_stride, its up rows at up + e * gu_stride, its down rows
+   at down + e * d_stride: one routine serves the stacked routed experts (w13 / w2) and a dense MLP
+   whose three projections are separate tensors (a shared expert: E = 1, strides unused). */
+static void swiglu_rows(const float *x, const int64_t *offsets, int64_t E, int64_t H, int64_t I,
+                        const float *gate, const float *up, int64_t gu_stride, const float *down,
+                        int64_t d_stride, const float *scale, float *act, float *y, int64_t tile,
+                        int64_t num_threads) {
     /* phase 1: act = silu(gate) * up; work items = (expert, tile of I output features) */
     const int64_t tiles1 = (I + tile - 1) / tile;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
@@ -98,7 +103,7 @@ void fathom_moe_experts_cpu(const float *x, const int64_t *offsets, int64_t E, i
         const int64_t e = item / tiles1, t = item % tiles1;
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];
         if (r1 <= r0) continue;
-        const float *we = w13 + e * 2 * I * H;
+        const float *wg = gate + e * gu_stride, *wu = up + e * gu_stride;
         const int64_t o0 = t * tile, o1 = (t + 1) * tile < I ? (t + 1) * tile : I;
         for (int64_t rb = r0; rb < r1; rb += MB) {
             const int nm = (int)(r1 - rb < MB ? r1 - rb : MB);
@@ -106,19 +111,19 @@ void fathom_moe_experts_cpu(const float *x, const int64_t *offsets, int64_t E, i
             for (int m = 0; m < nm; ++m) xr[m] = x + (rb + m) * H;
             for (int64_t o = o0; o < o1; ++o) {
                 float g[MB], u[MB];
-                dot_rows2(we + o * H, we + (I + o) * H, xr, nm, H, g, u);
+                dot_rows2(wg + o * H, wu + o * H, xr, nm, H, g, u);
                 for (int m = 0; m < nm; ++m) act[(rb + m) * I + o] = silu(g[m]) * u[m];
             }
         }
     }
-    /* phase 2: y = scale * (w2 @ act); work items = (expert, tile of H output features) */
+    /* phase 2: y = scale * (down @ act); work items = (expert, tile of H output features) */
     const int64_t tiles2 = (H + tile - 1) / tile;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t item = 0; item < E * tiles2; ++item) {
         const int64_t e = item / tiles2, t = item % tiles2;
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];
         if (r1 <= r0) continue;
-        const float *we = w2 + e * H * I;
+        const float *wd = down + e * d_stride;
         const int64_t h0 = t * tile, h1 = (t + 1) * tile < H ? (t + 1) * tile : H;
         for (int64_t rb = r0; rb < r1; rb += MB) {
             const int nm = (int)(r1 - rb < MB ? r1 - rb : MB);
@@ -126,9 +131,24 @@ void fathom_moe_experts_cpu(const float *x, const int64_t *offsets, int64_t E, i
             for (int m = 0; m < nm; ++m) ar[m] = act + (rb + m) * I;
             for (int64_t h = h0; h < h1; ++h) {
                 float d[MB];
-                dot_rows(we + h * I, ar, nm, I, d);
-                for (int m = 0; m < nm; ++m) y[(rb + m) * H + h] = scale[rb + m] * d[m];
+                dot_rows(wd + h * I, ar, nm, I, d);
+                for (int m = 0; m < nm; ++m) y[(rb + m) * H + h] = (scale ? scale[rb + m] : 1.0f) * d[m];
             }
         }
     }
+}
+
+/* Routed experts: w13 (E, 2I, H) with gate rows first, w2 (E, H, I). */
+void fathom_moe_experts_cpu(const float *x, const int64_t *offsets, int64_t E, int64_t H, int64_t I,
+                            const float *w13, const float *w2, const float *scale, float *act, float *y,
+                            int64_t tile, int64_t num_threads) {
+    swiglu_rows(x, offsets, E, H, I, w13, w13 + I * H, 2 * I * H, w2, H * I, scale, act, y, tile, num_threads);
+}
+
+/* A dense SwiGLU MLP over M rows: gate (I, H), up (I, H), down (H, I); scale may be NULL. */
+void fathom_swiglu_mlp_cpu(const float *x, int64_t M, int64_t H, int64_t I, const float *gate, const float *up,
+                           const float *down, const float *scale, float *act, float *y, int64_t tile,
+                           int64_t num_threads) {
+    const int64_t offsets[2] = {0, M};
+    swiglu_rows(x, offsets, 1, H, I, gate, up, 0, down, 0, scale, act, y, tile, num_threads);
 }

@@ -104,3 +104,22 @@ def test_the_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         assert built[0].stat().st_mtime_ns == mtime
     finally:
         mod._load.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("rows", "hidden", "inter"), [(1, 48, 40), (13, 37, 21), (16, 64, 96)])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_dense_swiglu_mlp_matches_torch(rows: int, hidden: int, inter: int, with_scale: bool) -> None:
+    from kernels.moe_experts_cpu import swiglu_mlp_cpu
+
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, hidden, generator=gen)
+    w_gate, w_up = (torch.randn(inter, hidden, generator=gen) / hidden**0.5 for _ in range(2))
+    w_down = torch.randn(hidden, inter, generator=gen) / inter**0.5
+    scale = torch.rand(rows, generator=gen) if with_scale else None
+    expected = (torch.nn.functional.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+    if scale is not None:
+        expected = expected * scale[:, None]
+    torch.testing.assert_close(swiglu_mlp_cpu(x, w_gate, w_up, w_down, scale), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="w_gate/w_up \\(I, H\\) and w_down \\(H, I\\)"):
+        swiglu_mlp_cpu(x, w_gate, w_up, w_down.T.contiguous()[:, :-1])
