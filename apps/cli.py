@@ -55,6 +55,10 @@ def info() -> None:
     for device in ("cpu", "cuda"):
         ok, why = triton_status(device)
         table.add_row(f"triton kernels on {device}", "usable" if ok else f"no ({why})")
+    from kernels.moe_experts_cpu import cpu_kernel_status
+
+    ok, why = cpu_kernel_status()
+    table.add_row("CPU decode kernel (C, AVX-512)", "in use" if ok else f"no ({why}): torch path")
     Console().print(table)
 
 

@@ -9,8 +9,9 @@ schedules, all computing the same sum:
 * training (autograd recording): gather the tokens once in expert order, one GEMM pair per
   active expert, one ``index_add`` back;
 * inference, short segments (few rows per active expert, e.g. decoding): the fused C kernel of
-  ``kernels.moe_experts_cpu`` (fp32 on an AVX-512 CPU: streams each weight row once), else one
-  ``grouped_mm`` call per projection instead of a Python loop over dozens of experts;
+  ``kernels.moe_experts_cpu`` (fp32 on an AVX-512 CPU: streams each weight row once);
+* inference, mid-length segments (or short ones without that kernel): one ``grouped_mm`` call per
+  projection instead of a Python loop over dozens of experts;
 * inference, long segments (prefill, batch scoring): stream expert by expert (gather its rows,
   GEMM pair, scale, ``index_add_`` into the output) so no (T*K, H) temporaries are allocated;
   on a CPU their page faults cost more than the gather itself (``fathom bench moe``).
@@ -28,9 +29,9 @@ from kernels.moe_experts_cpu import cpu_kernel_status, moe_experts_cpu, swiglu_m
 
 logger = logging.getLogger(__name__)
 
-# Average rows per active expert below which one grouped_mm call beats per-expert GEMMs on a
-# 2-core CPU (measured with fathom bench moe: decoding-sized segments).
-GROUPED_MM_MAX_AVG_ROWS = 16
+# Average rows per active expert up to which one grouped_mm call per projection beats streamed
+# per-expert GEMMs on a 2-core CPU (fathom bench moe: ~2% at 48 rows, 9% slower at 96).
+GROUPED_MM_MAX_AVG_ROWS = 64
 # Same for the fused C kernel, which beats torch up to about 16 rows per expert (fathom bench moe).
 CPU_KERNEL_MAX_AVG_ROWS = 16
 _HAS_GROUPED_MM = hasattr(F, "grouped_mm")

@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.moe import MoE, MoEConfig
 from core.moe import experts as experts_mod
@@ -193,3 +195,25 @@ def test_triton_backend_matches_torch_path_under_the_interpreter() -> None:
     y = fused.train()(x.requires_grad_())
     y.sum().backward()
     assert fused.experts.w13.grad is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    tokens=st.integers(1, 24),
+    experts=st.integers(1, 9),
+    data=st.data(),
+    scoring=st.sampled_from(["softmax", "sigmoid"]),
+    shared=st.integers(0, 2),
+)
+def test_any_small_shape_matches_the_reference(tokens, experts, data, scoring, shared) -> None:
+    top_k = data.draw(st.integers(1, experts))
+    hidden = data.draw(st.sampled_from([8, 16, 19, 32]))
+    cfg = MoEConfig(
+        hidden_size=hidden, intermediate_size=data.draw(st.integers(1, 24)), num_experts=experts, top_k=top_k,
+        scoring=scoring, num_shared_experts=shared,
+    )  # fmt: skip
+    torch.manual_seed(tokens * 131 + experts)
+    layer = MoE(cfg, backend="torch").eval()
+    x = torch.randn(tokens, hidden)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), naive_moe(layer, x), atol=1e-5, rtol=1e-4)
