@@ -75,19 +75,22 @@ def time_interleaved(
     max_rounds: int = 50,
     budget_s: float = 2.0,
 ) -> dict[str, Timing]:
-    """Time several implementations round-robin (one call of each per round), so that a shared,
-    noisy machine slows all of them alike instead of whichever happened to run during a burst.
-    ``budget_s`` is per implementation."""
+    """Time several implementations round-robin (one call of each per round, the order rotating),
+    so that a shared, noisy machine slows all of them alike instead of whichever happened to run
+    during a burst. ``budget_s`` is per implementation."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
     samples: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
+    order = list(fns)
     for round_ in range(max_rounds):
-        for name, fn in fns.items():
+        # rotate who goes first, so no implementation always runs right after the same neighbour
+        shift = round_ % len(order)
+        for name in order[shift:] + order[:shift]:
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             _sync(device)
             samples[name].append((time.perf_counter() - t0) * 1e3)
         if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s * len(fns):

@@ -97,3 +97,13 @@ def test_bench_table_renders_a_report_and_rejects_other_files(tmp_path: Path) ->
     assert result.exit_code == 2 and "not a benchmark report" in result.output
     result = runner.invoke(app, ["bench", "table", str(tmp_path / "missing.json")])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_interleaved_timing_rotates_and_times_every_implementation() -> None:
+    from apps.bench.common import time_interleaved
+
+    calls: list[str] = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    timings = time_interleaved(fns, warmup=0, min_rounds=3, max_rounds=3, budget_s=0)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v.samples_ms) for k, v in timings.items()} == {"a": 3, "b": 3, "c": 3}
