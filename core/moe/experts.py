@@ -118,6 +118,7 @@ def swiglu_experts_torch(
         _HAS_GROUPED_MM
         and x.device.type == "cpu"
         and short < GROUPED_MM_MAX_AVG_ROWS
+        and inter % 4 == 0  # the SwiGLU output is a strided view of gate_up: its rows must stay aligned
         and _grouped_mm_aligned(x, w13, w2)
     ):
         offs = expert_offsets[1:].to(torch.int32)
