@@ -72,18 +72,21 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     ).hexdigest()[:16]
     target = _cache_dir() / f"moe_experts_cpu-{key}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            proc = subprocess.run(
-                [cc, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if proc.returncode != 0:
-                return None, f"compiling {SOURCE.name} failed: {proc.stderr.strip()[:300]}"
-            os.replace(built, target)  # atomic: concurrent builders never see a partial file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                proc = subprocess.run(
+                    [cc, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                if proc.returncode != 0:
+                    return None, f"compiling {SOURCE.name} failed: {proc.stderr.strip()[:300]}"
+                os.replace(built, target)  # atomic: concurrent builders never see a partial file
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"building {target} failed: {exc}"
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as exc:

@@ -123,3 +123,15 @@ def test_dense_swiglu_mlp_matches_torch(rows: int, hidden: int, inter: int, with
     torch.testing.assert_close(swiglu_mlp_cpu(x, w_gate, w_up, w_down, scale), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="w_gate/w_up \\(I, H\\) and w_down \\(H, I\\)"):
         swiglu_mlp_cpu(x, w_gate, w_up, w_down.T.contiguous()[:, :-1])
+
+
+def test_an_unwritable_cache_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("FATHOM_CACHE_DIR", str(blocker))
+    mod._load.cache_clear()
+    try:
+        ok, why = cpu_kernel_status()
+        assert not ok and ("building" in why or "x86-64" in why or "compiler" in why)
+    finally:
+        mod._load.cache_clear()
