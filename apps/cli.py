@@ -101,6 +101,9 @@ def bench_moe(
     ] = None,
     quick: Annotated[bool, typer.Option(help="Tiny shapes, for smoke tests.")] = False,
     budget: Annotated[float, typer.Option(help="Seconds of timed repeats per measurement.")] = 2.0,
+    flush_cache: Annotated[
+        bool, typer.Option(help="Evict the CPU caches before every timed call (weights come from DRAM).")
+    ] = False,
 ) -> None:
     """Fathom's MoE layer vs every Hugging Face experts implementation, same weights and inputs."""
     from apps.bench import moe
@@ -116,7 +119,12 @@ def bench_moe(
     try:
         with console.status("benchmarking MoE") as status:
             report = moe.run(
-                device=device, tokens=counts, quick=quick, budget_s=budget, progress=status.update
+                device=device,
+                tokens=counts,
+                quick=quick,
+                budget_s=budget,
+                progress=status.update,
+                flush_cache=flush_cache,
             )
     except RuntimeError as exc:
         _fail(str(exc))

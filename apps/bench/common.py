@@ -74,28 +74,59 @@ def time_interleaved(
     min_rounds: int = 5,
     max_rounds: int = 50,
     budget_s: float = 2.0,
+    before_each: Callable[[], Any] | None = None,
 ) -> dict[str, Timing]:
     """Time several implementations round-robin (one call of each per round, the order rotating),
     so that a shared, noisy machine slows all of them alike instead of whichever happened to run
-    during a burst. ``budget_s`` is per implementation."""
+    during a burst. ``budget_s`` is per implementation (timed calls only); ``before_each`` runs
+    untimed before every timed call (e.g. ``CacheFlusher``)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
+    spent = 0.0
     order = list(fns)
     for round_ in range(max_rounds):
         # rotate who goes first, so no implementation always runs right after the same neighbour
         shift = round_ % len(order)
         for name in order[shift:] + order[:shift]:
+            if before_each is not None:
+                before_each()
+                _sync(device)
             t0 = time.perf_counter()
             fns[name]()
             _sync(device)
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s * len(fns):
+            elapsed = time.perf_counter() - t0
+            spent += elapsed
+            samples[name].append(elapsed * 1e3)
+        if round_ + 1 >= min_rounds and spent > budget_s * len(fns):
             break
     return {name: Timing(values) for name, values in samples.items()}
+
+
+def last_level_cache_bytes(default: int = 256 << 20) -> int:
+    """Size of the CPU's last-level cache (Linux sysfs), or ``default``."""
+    for index in (3, 2):
+        path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return default
+
+
+class CacheFlusher:
+    """Evicts the CPU caches by reading a buffer twice the last-level cache: a layer's weights then
+    come from DRAM, as they do in a model whose other layers ran in between (decoding)."""
+
+    def __init__(self, cache_bytes: int | None = None):
+        self.buffer = torch.ones((2 * (cache_bytes or last_level_cache_bytes())) // 4)
+
+    def __call__(self) -> None:
+        self.buffer.sum()
 
 
 def git_revision() -> str | None:
@@ -146,6 +177,7 @@ class Report:
     device: str
     results: list[dict[str, Any]] = field(default_factory=list)
     targets: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # reported under "environment"
 
     def add_result(self, case: str, impl: str, **fields: Any) -> dict[str, Any]:
         row = {"case": case, "impl": impl, **fields}
@@ -167,7 +199,7 @@ class Report:
         return {
             "benchmark": self.benchmark,
             "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "environment": environment(self.device),
+            "environment": {**environment(self.device), **self.settings},
             "results": self.results,
             "targets": self.targets,
         }

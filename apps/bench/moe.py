@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from apps.bench.common import Report, time_fn, time_interleaved
+from apps.bench.common import CacheFlusher, Report, time_fn, time_interleaved
 from core.moe.hf import from_hf_block
 
 CPU_SPEEDUP_SMALL = 1.4  # issue target: 1.4x faster than the fastest HF implementation at 16 tokens
@@ -157,6 +157,7 @@ def run(
     impls: Sequence[str] | None = None,
     budget_s: float = 2.0,
     progress: Callable[[str], None] | None = None,
+    flush_cache: bool = False,
 ) -> Report:
     """Run the MoE benchmark and return its report (see the module docstring)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -166,6 +167,9 @@ def run(
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     hf_impls = list(impls) if impls else hf_experts_implementations()
     report = Report("moe", device)
+    # Cold caches only matter on the CPU, where a 260 MB L3 can hold a whole benchmark layer.
+    flusher = CacheFlusher() if flush_cache and not device.startswith("cuda") else None
+    report.settings["cpu_caches"] = "flushed before each timed call" if flusher else "warm"
     say = progress or (lambda _msg: None)
     ratios: dict[tuple[str, int], dict[str, float]] = {}
     dense_fraction: dict[tuple[str, int], float] = {}
@@ -197,7 +201,7 @@ def run(
                         skipped[impl] = f"{type(exc).__name__}: {exc}"[:200]
                         continue
                     fns[f"hf-{impl}"] = fn
-                timings = time_interleaved(fns, device=device, budget_s=budget_s)
+                timings = time_interleaved(fns, device=device, budget_s=budget_s, before_each=flusher)
             t_ours = timings["fathom"]
             row = report.add_result(
                 label, "fathom", median_ms=round(t_ours.median_ms, 4), p95_ms=round(t_ours.p95_ms, 4)

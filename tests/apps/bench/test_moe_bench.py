@@ -107,3 +107,24 @@ def test_interleaved_timing_rotates_and_times_every_implementation() -> None:
     timings = time_interleaved(fns, warmup=0, min_rounds=3, max_rounds=3, budget_s=0)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {k: len(v.samples_ms) for k, v in timings.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_flushing_runs_before_every_timed_call_and_is_reported(tmp_path: Path) -> None:
+    from apps.bench.common import CacheFlusher, time_interleaved
+
+    events: list[str] = []
+    fns = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    time_interleaved(
+        fns, warmup=0, min_rounds=2, max_rounds=2, budget_s=0, before_each=lambda: events.append("f")
+    )
+    assert events == ["f", "a", "f", "b", "f", "b", "f", "a"]
+    flusher = CacheFlusher(cache_bytes=1 << 20)
+    assert flusher.buffer.numel() * 4 == 2 << 20
+    flusher()
+    out = tmp_path / "moe.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "moe", "--quick", "--tokens", "4", "--budget", "0.01", "--flush-cache", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["environment"]["cpu_caches"] == "flushed before each timed call"
