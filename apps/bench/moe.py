@@ -150,6 +150,30 @@ def _dense_matmul_ms(case: BenchCase, tokens: int, device: str, dtype: torch.dty
     return time_fn(dense, device=device).median_ms
 
 
+def throughput_metrics(
+    case: BenchCase,
+    tokens: int,
+    median_ms: float,
+    expert_offsets: torch.Tensor,
+    device: str,
+    dtype: torch.dtype,
+    weight_traffic: bool = False,
+) -> dict[str, float]:
+    """TFLOP/s, the fraction of a dense matmul of the same FLOPs (timed now, same device and dtype),
+    and, with ``weight_traffic``, GB/s of the active experts' weights (the decode-regime figure)."""
+    seconds = median_ms * 1e-3
+    dense_ms = _dense_matmul_ms(case, tokens, device, dtype)
+    metrics = {
+        "tflops": round(moe_flops(case, tokens) / seconds / 1e12, 3),
+        "dense_matmul_fraction": round(dense_ms / median_ms, 4),
+    }
+    if weight_traffic:
+        active = int(torch.diff(expert_offsets.long()).gt(0).sum())
+        weight_bytes = active * 3 * case.ffn * case.hidden * torch.finfo(dtype).bits // 8
+        metrics["expert_weight_gbps"] = round(weight_bytes / seconds / 1e9, 1)
+    return metrics
+
+
 def run(
     device: str = "cpu",
     tokens: Sequence[int] | None = None,
@@ -207,14 +231,12 @@ def run(
                 label, "fathom", median_ms=round(t_ours.median_ms, 4), p95_ms=round(t_ours.p95_ms, 4)
             )
             if device.startswith("cuda"):
-                row["tflops"] = round(moe_flops(case, n_tok) / (t_ours.median_ms * 1e-3) / 1e12, 3)
-                dense_ms = _dense_matmul_ms(case, n_tok, device, dtype)
-                dense_fraction[(case.name, n_tok)] = dense_ms / t_ours.median_ms
-                row["dense_matmul_fraction"] = round(dense_ms / t_ours.median_ms, 3)
-                if n_tok == min(tokens):
-                    hit = int(torch.diff(ours._last_routing.expert_offsets.long()).gt(0).sum())
-                    weight_bytes = hit * 3 * case.ffn * case.hidden * x.element_size()
-                    row["expert_weight_gbps"] = round(weight_bytes / (t_ours.median_ms * 1e-3) / 1e9, 1)
+                metrics = throughput_metrics(
+                    case, n_tok, t_ours.median_ms, ours._last_routing.expert_offsets, device, dtype,
+                    weight_traffic=n_tok == min(tokens),
+                )  # fmt: skip
+                row.update(metrics)
+                dense_fraction[(case.name, n_tok)] = metrics["dense_matmul_fraction"]
             ratios[(case.name, n_tok)] = {}
             for impl in hf_impls:
                 if impl in skipped:

@@ -128,3 +128,18 @@ def test_flushing_runs_before_every_timed_call_and_is_reported(tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["environment"]["cpu_caches"] == "flushed before each timed call"
+
+
+def test_throughput_metrics_of_the_cuda_rows_compute_on_any_device() -> None:
+    """The CUDA-only columns (TFLOP/s, dense fraction, weight GB/s), exercised on the CPU."""
+    import torch
+
+    from apps.bench.moe import QUICK_CASES, moe_flops, throughput_metrics
+
+    case = QUICK_CASES[0]
+    offsets = torch.tensor([0, 2, 2, 5, 8, 8, 8, 8, 8])  # 3 of 8 experts active
+    m = throughput_metrics(case, 4, 0.5, offsets, "cpu", torch.float32, weight_traffic=True)
+    assert m["tflops"] == round(moe_flops(case, 4) / 0.5e-3 / 1e12, 3)
+    assert m["dense_matmul_fraction"] > 0
+    assert m["expert_weight_gbps"] == round(3 * 3 * case.ffn * case.hidden * 4 / 0.5e-3 / 1e9, 1)
+    assert "expert_weight_gbps" not in throughput_metrics(case, 4, 0.5, offsets, "cpu", torch.float32)
