@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from kernels.moe_experts import _check_experts_args
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "moe_experts_cpu.c"
@@ -118,27 +120,7 @@ def _check(x, w13, w2, topk_weights, sorted_slots, expert_offsets) -> None:
     for name, t in (("x", x), ("w13", w13), ("w2", w2)):
         if t.device.type != "cpu" or t.dtype != torch.float32:
             raise ValueError(f"moe_experts_cpu needs fp32 CPU tensors, {name} is {t.dtype} on {t.device}")
-    if x.dim() != 2 or w13.dim() != 3 or w2.dim() != 3:
-        raise ValueError(
-            f"moe_experts_cpu expects x (T, H), w13 (E, 2I, H), w2 (E, H, I); got {tuple(x.shape)}, "
-            f"{tuple(w13.shape)}, {tuple(w2.shape)}"
-        )
-    num_experts, two_i, hidden = w13.shape
-    if hidden != x.shape[1] or two_i % 2 or tuple(w2.shape) != (num_experts, hidden, two_i // 2):
-        raise ValueError(
-            f"w13 {tuple(w13.shape)} and w2 {tuple(w2.shape)} do not fit x {tuple(x.shape)}: "
-            "expected w13 (E, 2I, H) and w2 (E, H, I)"
-        )
-    if expert_offsets.numel() != num_experts + 1:
-        raise ValueError(
-            f"expert_offsets has {expert_offsets.numel()} entries, expected E+1 = {num_experts + 1}"
-        )
-    if topk_weights.dim() != 2 or topk_weights.shape[0] != x.shape[0]:
-        raise ValueError(f"topk_weights must be (T, K) with T={x.shape[0]}, got {tuple(topk_weights.shape)}")
-    if sorted_slots.numel() != topk_weights.numel():
-        raise ValueError(
-            f"sorted_slots has {sorted_slots.numel()} entries, expected T*K = {topk_weights.numel()}"
-        )
+    _check_experts_args(x, w13, w2, topk_weights, sorted_slots, expert_offsets)  # shapes, as the reference
 
 
 def moe_experts_cpu(
