@@ -62,10 +62,19 @@ def info() -> None:
     Console().print(table)
 
 
+def _stdout() -> Console:
+    """Rich console for tables: at least 150 columns when writing to a file or pipe (logs, CI)."""
+    out = Console()
+    return out if out.is_terminal else Console(width=150)
+
+
 def _print_results(data: dict) -> None:
     table = Table(title=f"fathom bench {data['benchmark']} ({data['environment']['device']})")
-    for col in ("case", "impl", "median ms", "p95 ms", "ratio", "max |diff|", "note"):
-        table.add_column(col)
+    table.add_column("case", no_wrap=True)
+    table.add_column("impl", no_wrap=True)
+    for col in ("median ms", "p95 ms", "ratio", "max |diff|"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("note", max_width=60, no_wrap=True, overflow="ellipsis")
     for row in data["results"]:
         note = row.get("skipped", "")
         for key in ("tflops", "dense_matmul_fraction", "expert_weight_gbps"):
@@ -80,11 +89,13 @@ def _print_results(data: dict) -> None:
             f"{row['max_abs_diff']:.1e}" if "max_abs_diff" in row else "-",
             note.strip(),
         )
-    out = Console()
+    out = _stdout()
     out.print(table)
     targets = Table(title="targets")
-    for col in ("target", "value", "goal", "met"):
-        targets.add_column(col)
+    targets.add_column("target", no_wrap=True)
+    targets.add_column("value", max_width=50, no_wrap=True, overflow="ellipsis")
+    targets.add_column("goal", no_wrap=True)
+    targets.add_column("met", no_wrap=True)
     for t in data["targets"]:
         value = "n/a: " + t.get("reason", "") if t["value"] is None else f"{t['value']:.3f}"
         goal = ("<= " if t["better"] == "lower" else ">= ") + f"{t['target']:.3f}"
