@@ -39,3 +39,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
     assert "make demo" in readme
+
+
+def test_gpu_check_script_is_valid_bash_and_uses_real_commands() -> None:
+    import subprocess
+
+    script = ROOT / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for command in ("pytest -q -m gpu", "kernels.tune --op moe_experts", "bench moe --device cuda", "bench table"):
+        assert command in text

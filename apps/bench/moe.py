@@ -55,7 +55,7 @@ def build_hf_block(case: BenchCase, seed: int = 0) -> torch.nn.Module:
         from transformers import MixtralConfig
         from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-        cfg = MixtralConfig(
+        cfg: Any = MixtralConfig(
             hidden_size=case.hidden,
             intermediate_size=case.ffn,
             num_local_experts=case.experts,
@@ -102,7 +102,7 @@ def hf_experts_implementations() -> list[str]:
     return ["eager", *sorted(ALL_EXPERTS_FUNCTIONS.keys())]
 
 
-def _set_impl(block: torch.nn.Module, impl: str) -> None:
+def _set_impl(block: Any, impl: str) -> None:
     block.experts.config._experts_implementation = impl
 
 
@@ -231,8 +231,10 @@ def run(
                 label, "fathom", median_ms=round(t_ours.median_ms, 4), p95_ms=round(t_ours.p95_ms, 4)
             )
             if device.startswith("cuda"):
+                routing = ours._last_routing
+                assert routing is not None  # ours ran above
                 metrics = throughput_metrics(
-                    case, n_tok, t_ours.median_ms, ours._last_routing.expert_offsets, device, dtype,
+                    case, n_tok, t_ours.median_ms, routing.expert_offsets, device, dtype,
                     weight_traffic=n_tok == min(tokens),
                 )  # fmt: skip
                 row.update(metrics)
