@@ -47,5 +47,6 @@ def test_gpu_check_script_is_valid_bash_and_uses_real_commands() -> None:
     script = ROOT / "scripts" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
-    for command in ("pytest -q -m gpu", "kernels.tune --op moe_experts", "bench moe --device cuda", "bench table"):
+    commands = ("pytest -q -m gpu", "kernels.tune --op moe_experts", "bench moe --device cuda", "bench table")
+    for command in commands:
         assert command in text
