@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that write the JSON shape of DESIGN.md.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+moe_app = typer.Typer(
+    help="The MoE core: run Hugging Face MoE models on Fathom's layer.", no_args_is_help=True
+)
+app.add_typer(moe_app, name="moe")
 
 console = Console(stderr=True)
 
@@ -163,6 +167,65 @@ def bench_table(
     except (json.JSONDecodeError, ValueError) as exc:
         _fail(f"{path} is not a benchmark report: {exc}")
     print(markdown_table(data), end="")
+
+
+@moe_app.command("check")
+def moe_check(
+    model_dir: Annotated[Path, typer.Argument(help="A local Hugging Face MoE causal LM (safetensors).")],
+    prompt: Annotated[str | None, typer.Option(help="Prompt text (needs the model's tokenizer).")] = None,
+    new_tokens: Annotated[int, typer.Option(help="Greedy tokens to generate before and after.")] = 8,
+    backend: Annotated[str, typer.Option(help="auto, triton or torch")] = "auto",
+    hf_experts: Annotated[
+        str | None,
+        typer.Option(help="Hugging Face experts implementation for the 'before' run (e.g. eager)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Patch every MoE block of a local model with Fathom's and check logits and generation match."""
+    import torch
+
+    from core.moe.check import check_patched_model
+
+    if not (model_dir / "config.json").is_file():
+        _fail(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    if backend not in ("auto", "triton", "torch"):
+        _fail(f"--backend must be auto, triton or torch, got {backend!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stdout/stderr stay clean for --json consumers
+
+    try:
+        extra = {"experts_implementation": hf_experts} if hf_experts else {}
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, local_files_only=True, use_safetensors=True, **extra
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"cannot load {model_dir}: {str(exc).splitlines()[0]}")
+    if prompt is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except (OSError, ValueError):
+            _fail(f"--prompt needs a tokenizer in {model_dir}; leave it out to use a fixed token prompt")
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    else:  # a fixed, deterministic prompt of token ids, enough to compare two runs of one model
+        input_ids = (torch.arange(3, 15) * 7 % model.config.vocab_size).unsqueeze(0)
+    try:
+        result = check_patched_model(model, input_ids, new_tokens=new_tokens, backend=backend)  # type: ignore[arg-type]
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    data = {"model": str(model_dir), **result.to_dict()}
+    if as_json:
+        print(json.dumps(data))
+        return
+    verdict = "match" if result.same_tokens else "DIFFER"
+    print(
+        f"{len(result.blocks)} MoE blocks on Fathom's {result.backend} path; max |logit diff| "
+        f"{result.max_abs_logit_diff:.2e}; greedy tokens {verdict}; forward "
+        f"{result.forward_ms_before:.1f} ms (Hugging Face) -> {result.forward_ms_after:.1f} ms (Fathom)"
+    )
+    if not result.same_tokens:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:
