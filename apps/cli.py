@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from apps.customer_service.cli import cs_app
+
 app = typer.Typer(
     name="fathom",
     help="Fathom: customer service, fraud and lung-nodule detection on one MoE + retrieval core.",
@@ -19,6 +21,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that write the JSON shape of DESIGN.md.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(cs_app, name="cs")
 moe_app = typer.Typer(
     help="The MoE core: run Hugging Face MoE models on Fathom's layer.", no_args_is_help=True
 )

@@ -35,6 +35,21 @@ MANIFEST = "retrieval.json"
 DEFAULT_RRF_K = 60
 
 
+def index_text(record: DocumentRecord) -> str:
+    """What gets embedded and BM25-indexed for a chunk: its title and section, then its text.
+
+    A chunk cut from the middle of an article ("1. Open the app and tap Freeze") rarely repeats
+    the article's subject ("I have lost my card"); the header puts it back (contextual chunk
+    headers). Search results still return the chunk's own text.
+    """
+    title = str(record.metadata.get("title") or "").strip()
+    section = str(record.metadata.get("section") or "").strip()
+    if section.startswith(title):  # a heading path that already starts with the title
+        title = ""
+    header = " - ".join(part for part in (title, section) if part)
+    return f"{header}\n{record.text}" if header else record.text
+
+
 class Reranker(Protocol):
     """What reranking needs: ``sentence_transformers.CrossEncoder`` satisfies it."""
 
@@ -212,12 +227,13 @@ class HybridRetriever:
             raise ValueError("cannot build a retriever from no documents")
         store = DocumentStore(records)
         embedder = embedder or Embedder()
-        vectors = embedder.embed(store.texts)  # (N, D)
+        texts = [index_text(record) for record in store]
+        vectors = embedder.embed(texts)  # (N, D)
         index = VectorIndex(
             embedder.dimension, index_kind, model_id=embedder.model_id, expected_size=len(store)
         )
         index.add(vectors, np.arange(len(store)))
-        bm25 = BM25Index().build(store.texts)
+        bm25 = BM25Index().build(texts)
         retriever = cls(store, embedder, index, bm25, **options)
         if directory is not None:
             retriever.save(directory)

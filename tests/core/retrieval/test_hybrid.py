@@ -167,3 +167,18 @@ def test_cross_encoder_reranking_from_a_local_folder(
     expected = reranked.reranker.predict([("I lost my card", h.text) for h in hits])
     np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5, atol=1e-6)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_index_text_puts_the_title_and_section_back_on_a_chunk() -> None:
+    from core.retrieval.documents import DocumentRecord
+    from core.retrieval.hybrid import index_text
+
+    def rec(**metadata: str) -> DocumentRecord:
+        return DocumentRecord(id="x", text="1. Open the app and tap Freeze.", metadata=metadata)
+
+    assert index_text(rec()) == "1. Open the app and tap Freeze."
+    assert index_text(rec(title="Lost card")) == "Lost card\n1. Open the app and tap Freeze."
+    assert index_text(rec(title="Lost card", section="Lost card > Freeze it")).startswith(
+        "Lost card > Freeze it\n"
+    )
+    assert index_text(rec(title="Lost card", section="Freeze it")).startswith("Lost card - Freeze it\n")
