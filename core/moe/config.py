@@ -7,19 +7,17 @@ config can be built from theirs (see ``core.moe.hf``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
+from core.config import ConfigMixin
 
 Scoring = Literal["softmax", "sigmoid"]
 Balancing = Literal["aux_loss", "bias", "none"]
 
 
 @dataclass
-class MoEConfig:
+class MoEConfig(ConfigMixin):
     """Shape and routing of one MoE layer.
 
     Args:
@@ -47,6 +45,8 @@ class MoEConfig:
             (they contribute nothing) and counted in ``MoE.last_stats``.
         init_std: standard deviation of the normal initialisation of new weights.
     """
+
+    yaml_section: ClassVar[str] = "moe"
 
     hidden_size: int
     intermediate_size: int
@@ -145,21 +145,3 @@ class MoEConfig:
         )
         base.update(overrides)
         return cls(**base)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MoEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MoEConfig fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> MoEConfig:
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of MoEConfig fields, got {type(data).__name__}")
-        return cls.from_dict(data.get("moe", data))

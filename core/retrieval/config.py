@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from core.config import ConfigMixin
 from core.retrieval.index import KINDS
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(ConfigMixin):
     """How to embed, index and fuse.
 
     Args:
@@ -26,6 +23,8 @@ class RetrievalConfig:
         batch_size: texts per embedding-model call.
         device: torch device of the models (``None``: sentence-transformers picks).
     """
+
+    yaml_section: ClassVar[str] = "retrieval"
 
     model_path: str | None = None
     index_kind: str = "auto"
@@ -46,27 +45,6 @@ class RetrievalConfig:
             low = 0 if name == "rrf_k" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"RetrievalConfig.{name} must be an integer >= {low}, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RetrievalConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RetrievalConfig fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> RetrievalConfig:
-        """Read a YAML mapping of fields, at top level or under a ``retrieval:`` key."""
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{path}: expected a mapping of RetrievalConfig fields, got {type(data).__name__}"
-            )
-        return cls.from_dict(data.get("retrieval", data))
 
     def retriever_options(self) -> dict[str, Any]:
         """Keyword arguments of ``HybridRetriever`` / ``HybridRetriever.build`` from this config."""
