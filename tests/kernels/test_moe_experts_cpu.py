@@ -10,26 +10,17 @@ import torch
 from kernels import moe_experts_cpu as mod
 from kernels.moe_experts import moe_experts_ref
 from kernels.moe_experts_cpu import cpu_kernel_status, moe_experts_cpu
-from kernels.moe_routing import moe_routing_ref, sort_by_expert_ref
+from kernels.moe_routing import sort_by_expert_ref
+from tests.kernels.test_moe_experts import _problem as triton_problem
 
 _LIB, _WHY = mod._load()
 needs_kernel = pytest.mark.skipif(_LIB is None, reason=f"C kernel unavailable: {_WHY}")
 
 
-def _problem(t, h, i, e, k, seed=0, drop_every=0, empty_expert=False):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(t, h, generator=gen)
-    w13 = torch.randn(e, 2 * i, h, generator=gen) / h**0.5
-    w2 = torch.randn(e, h, i, generator=gen) / i**0.5
-    logits = torch.randn(t, e, generator=gen)
-    if empty_expert:
-        logits[:, 0] = -1e4
-    r = moe_routing_ref(logits, k)
-    ids = r.topk_ids.clone()
-    if drop_every:
-        ids.view(-1)[::drop_every] = e
-    sorted_slots, offsets = sort_by_expert_ref(ids, e)
-    return x, w13, w2, r.topk_weights, sorted_slots, offsets
+def _problem(**case):
+    """fp32 CPU problems, built like the Triton parity tests' (same routing, drops, empty experts)."""
+    args, _ = triton_problem(**case, dtype=torch.float32, device="cpu")
+    return args
 
 
 CASES = {
