@@ -26,6 +26,15 @@ def cache_dir(*parts: str) -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "fathom").joinpath(*parts)
 
 
+def models_dir(*parts: str) -> Path:
+    """Folder of the shipped trained weights (``$FATHOM_MODELS_DIR``, default ``models/`` of the checkout).
+
+    Each model lives in its own sub-folder with safetensors weights and a model card.
+    """
+    root = os.environ.get("FATHOM_MODELS_DIR")
+    return (Path(root) if root else Path(__file__).resolve().parents[1] / "models").joinpath(*parts)
+
+
 class ConfigMixin:
     """``to_dict``/``from_dict``/``from_yaml`` for a dataclass; unknown fields are an error."""
 

@@ -47,3 +47,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs real data in {SHARED_DATA} (absent)")
     return SHARED_DATA
+
+
+from collections.abc import Iterator  # noqa: E402  (appended with the Redis fixtures below)
+
+
+@pytest.fixture(scope="session")
+def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One throwaway redis-server for the whole run (see tests/servers.py)."""
+    from tests.servers import missing_binary, redis_server
+
+    reason = missing_binary("redis-server")
+    if reason:
+        pytest.skip(reason)
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(_redis_server: str) -> str:
+    """URL of a real, empty Redis (flushed before each test); skips when redis-server is not installed."""
+    import redis
+
+    client = redis.Redis.from_url(_redis_server)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return _redis_server

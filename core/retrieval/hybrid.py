@@ -68,6 +68,8 @@ class SearchHit:
         dense_rank: 1-based rank in the dense results, ``None`` if not among them.
         bm25_rank: 1-based rank in the BM25 results, ``None`` if not among them.
         rrf_score: the fused score (kept when ``score`` is the reranker's).
+        dense_score: the embedding similarity (cosine for the normalised default embeddings), ``None``
+            when the document came from BM25 only; a query-independent scale for confidence checks.
     """
 
     doc_id: str
@@ -77,6 +79,7 @@ class SearchHit:
     dense_rank: int | None = None
     bm25_rank: int | None = None
     rrf_score: float = 0.0
+    dense_score: float | None = None
 
 
 def reciprocal_rank_fusion(
@@ -168,8 +171,9 @@ class HybridRetriever:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         n = max(k, self.candidates)
-        _, dense_ids = self.index.search(self.embedder.embed([query]), n)  # (1, n')
+        dense_scores, dense_ids = self.index.search(self.embedder.embed([query]), n)  # (1, n')
         dense = [int(i) for i in dense_ids[0] if i >= 0]
+        dense_score = {int(i): float(s) for s, i in zip(dense_scores[0], dense_ids[0], strict=True) if i >= 0}
         _, bm25_ids = self.bm25.search(query, n)  # (n'',)
         keyword = [int(i) for i in bm25_ids]
         fused = reciprocal_rank_fusion([dense, keyword], self.rrf_k)
@@ -199,6 +203,7 @@ class HybridRetriever:
                     dense_rank=dense_rank.get(pos),
                     bm25_rank=bm25_rank.get(pos),
                     rrf_score=float(rrf),
+                    dense_score=dense_score.get(pos),
                 )
             )
         return hits

@@ -182,3 +182,19 @@ def test_index_text_puts_the_title_and_section_back_on_a_chunk() -> None:
         "Lost card > Freeze it\n"
     )
     assert index_text(rec(title="Lost card", section="Freeze it")).startswith("Lost card - Freeze it\n")
+
+
+def test_dense_score_is_the_cosine_of_query_and_passage(retriever: HybridRetriever) -> None:
+    from core.retrieval.hybrid import index_text
+
+    hits = retriever.search("I lost my card", 5)
+    query = retriever.embedder.embed(["I lost my card"])[0]
+    for hit in hits:
+        if hit.dense_rank is None:
+            assert hit.dense_score is None
+            continue
+        passage = retriever.embedder.embed([index_text(retriever.documents.get(hit.doc_id))])[0]
+        assert hit.dense_score == pytest.approx(float(query @ passage), abs=1e-4)
+    ranked = [h for h in hits if h.dense_rank is not None]
+    best = min(ranked, key=lambda h: h.dense_rank)
+    assert best.dense_score == max(h.dense_score for h in ranked)
