@@ -18,6 +18,7 @@ setup: $(STAMP)
 
 ## The main job on the embedded defaults (grows with each app).
 demo: setup
+	$(BIN)/fathom cs ask --batch apps/customer_service/sample_questions.txt
 	$(BIN)/fathom bench moe --device cpu --json results/bench-moe.json
 
 ## Lint + the test suite (what CI runs).

@@ -155,6 +155,62 @@ def bench_moe(
         print(json.dumps(data, indent=2))
 
 
+@bench_app.command("retrieval")
+def bench_retrieval(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes, for smoke tests.")] = False,
+    reranker: Annotated[
+        Path | None, typer.Option(help="Local cross-encoder folder for the reranked hybrid row.")
+    ] = None,
+    router: Annotated[
+        Path | None, typer.Option(help="Intent-router folder (default: models/intent-router).")
+    ] = None,
+    kb: Annotated[Path | None, typer.Option(help="Knowledge-base folder (default: the shipped KB).")] = None,
+    banking77: Annotated[
+        Path | None,
+        typer.Option(help="BANKING77 text,category CSV (default: ../shared BANKING77 train.csv)."),
+    ] = None,
+    sections: Annotated[
+        str, typer.Option(help="Comma-separated sections to run: ann, quality, ask.")
+    ] = "ann,quality,ask",
+) -> None:
+    """FAISS HNSW/IVF-PQ vs exact search, QA recall vs LangChain FAISS, and ask latency vs LangChain."""
+    from apps.bench import retrieval
+
+    if reranker is not None and not reranker.is_dir():
+        _fail(f"--reranker {reranker} is not a folder (a local cross-encoder is required)")
+    if kb is not None and not kb.is_dir():
+        _fail(f"--kb {kb} is not a folder")
+    inputs: dict[str, object] = {"reranker": reranker, "router_dir": router}
+    if kb is not None:
+        inputs["kb_dir"] = kb
+    if banking77 is not None:
+        inputs["banking77"] = banking77
+    inputs["sections"] = tuple(s.strip() for s in sections.split(",") if s.strip())
+    try:
+        cfg = (retrieval.RetrievalBenchConfig.quick if quick else retrieval.RetrievalBenchConfig)(**inputs)
+        with console.status("benchmarking retrieval") as status:
+            report = retrieval.run(cfg, progress=status.update)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+    data = report.to_dict()
+    _print_results(data)
+    quality = Table(title="recall and throughput")
+    for col in ("case", "impl", "recall@1", "recall@5", "recall@10", "MRR", "queries/s"):
+        quality.add_column(col, no_wrap=True, justify="left" if col in ("case", "impl") else "right")
+    keys = ("recall_at_1", "recall_at_5", "recall_at_10", "mrr", "queries_per_s")
+    for row in data["results"]:
+        if "recall_at_10" in row:
+            cells = [row.get(k) for k in keys]
+            quality.add_row(row["case"], row["impl"], *("-" if c is None else f"{c:g}" for c in cells))
+    _stdout().print(quality)
+    if json_path is not None:
+        report.write(json_path)
+        console.print(f"report written to {json_path}")
+    else:
+        print(json.dumps(data, indent=2))
+
+
 @bench_app.command("table")
 def bench_table(
     path: Annotated[Path, typer.Argument(help="A report written by fathom bench <area> --json.")],
@@ -229,6 +285,38 @@ def moe_check(
     )
     if not result.same_tokens:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this key (X-API-Key); default $FATHOM_API_KEY.")
+    ] = None,
+) -> None:
+    """Serve the suite's HTTP API (FastAPI): POST /cs/ask, /healthz, /metrics, /docs."""
+    from apps.api import serve as run_api
+
+    try:
+        run_api(host, port, api_key)
+    except (ValueError, OSError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8501,
+) -> None:
+    """Open the Streamlit front end (customer-service chat and the suite's home page)."""
+    from apps.ui import launch
+
+    try:
+        code = launch(host, port)
+    except ValueError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code=code)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ URGENT_INTENTS: frozenset[str] = frozenset(
         "direct_debit_payment_not_recognised",
     }
 )
-CODES = ("requested", "urgent", "low_retrieval", "low_intent")
+CODES = ("requested", "urgent", "low_retrieval", "low_intent", "no_answer")
 
 _HUMAN = (
     r"(?:(?:real|live|actual|proper)\s+)?(?:human(?:\s+being)?|person|people|agent|representative|rep|"
@@ -125,7 +125,8 @@ class Handoff:
 
     Args:
         reason: for the agent and the customer, e.g. "urgent intent: lost_or_stolen_card".
-        code: one of ``CODES``: "requested", "urgent", "low_retrieval" or "low_intent".
+        code: one of ``CODES``: "requested", "urgent", "low_retrieval", "low_intent" or "no_answer"
+            (set by the assistant when the answer backend finds nothing to answer with).
     """
 
     reason: str

@@ -167,3 +167,34 @@ def test_shipped_router_on_banking77_sample():
     texts, labels = read_intent_csv(data)
     metrics = IntentRouter.load().evaluate(texts[::25], labels[::25])
     assert metrics["accuracy"] > 0.9
+
+
+def test_train_intents_cli(tiny_encoder, tiny_csv, tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "intent_model": {**_config(tiny_encoder).to_dict()},
+                "train": {"epochs": 2, "lr": 3e-3, "patience": 0},
+                "intent_train": {"batch_size": 8},
+            }
+        )
+    )
+    out = tmp_path / "router"
+    runner = CliRunner()
+    args = ["cs", "train-intents", "--data", str(tiny_csv), "--out", str(out), "--config", str(config)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout)
+    assert card["metrics"]["epochs_run"] == 2 and "epoch 1:" in result.stderr
+    result = runner.invoke(app, ["cs", "intents", "--csv", str(tiny_csv), "--model", str(out), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["n"] == 54
+    result = runner.invoke(app, [*args[:-2], "--config", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "missing.yaml" in result.stderr
