@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -179,8 +180,13 @@ class Assistant:
         hits = self.retriever.search(inputs["standalone"], k=max(self.config.k * 2, 8))
         intent: IntentPrediction = inputs["intent"]
         if intent.confidence >= self.config.intent_boost_confidence:
-            # Articles written for the predicted intent first; the fused order is kept within each group.
-            hits = sorted(hits, key=lambda h: intent.label not in (h.metadata.get("intents") or []))
+            # Articles written for the predicted intent first (fused order kept within each group);
+            # other passages stay only when they are as close to the question as the best of those.
+            matching = [h for h in hits if intent.label in (h.metadata.get("intents") or [])]
+            if matching:
+                bar = max((h.dense_score for h in matching if h.dense_score is not None), default=1.0)
+                others = [h for h in hits if h not in matching and (h.dense_score or 0.0) >= bar]
+                hits = matching + others
         return hits[: self.config.k]
 
     def _handoff(self, inputs: dict[str, Any]) -> Handoff | None:
@@ -260,14 +266,18 @@ class Assistant:
     def _result(self, out: dict[str, Any], state: DialogState) -> AskResult:
         answer: Answer = out["answer"]
         hits: list[SearchHit] = out["hits"]
-        cited = [hits[i - 1] for i in answer.citations if 1 <= i <= len(hits)]
+        # The backend cites positions among the passages it was given; the customer sees only the
+        # cited ones, so markers are renumbered to positions in ``sources`` (order of first citation).
+        order = [i for i in dict.fromkeys(answer.citations) if 1 <= i <= len(hits)]
+        cited = [hits[i - 1] for i in order]
+        text = _renumber(answer.text, {old: new for new, old in enumerate(order, start=1)})
         intent: IntentPrediction = out["intent"]
         handoff: Handoff | None = out["handoff"]
         if handoff is None and not answer.grounded:
             handoff = Handoff(reason="the knowledge base holds no answer to this question", code="no_answer")
         slots = merge_slots(state.slots, extract_slots(out["standalone"]))
         return AskResult(
-            answer=answer.text,
+            answer=text,
             sources=[_source(h) for h in cited],
             intent=Intent(label=intent.label, confidence=intent.confidence),
             handoff=None if handoff is None else HandoffOut(reason=handoff.reason, code=handoff.code),
@@ -306,6 +316,19 @@ class Assistant:
         state.slots = result.slots
         state.handoff = handoff or state.handoff
         self.store.save(state)
+
+
+_MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def _renumber(text: str, mapping: dict[int, int]) -> str:
+    """Rewrite ``[n]`` / ``[n, m]`` citation markers by ``mapping``; markers it lacks are dropped."""
+
+    def sub(match: re.Match[str]) -> str:
+        numbers = [mapping[n] for n in map(int, match.group(1).split(",")) if n in mapping]
+        return f"[{', '.join(map(str, dict.fromkeys(numbers)))}]" if numbers else ""
+
+    return _MARKER.sub(sub, text)
 
 
 def _passage(hit: SearchHit) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
-from apps.customer_service.answer import Answerer, ExtractiveAnswerer, LLMAnswerer
+from apps.customer_service.answer import Answerer, LLMAnswerer
+from apps.customer_service.extractive import ExtractiveAnswerer
 from core.config import ConfigMixin
 from core.retrieval.embeddings import Embedder
 

@@ -20,11 +20,11 @@ from apps.customer_service.answer import (
     NO_ANSWER,
     Answer,
     Answerer,
-    ExtractiveAnswerer,
     LLMAnswerer,
     llm_condense,
     parse_citations,
 )
+from apps.customer_service.extractive import ExtractiveAnswerer
 from apps.customer_service.prompts import (
     ANSWER_PROMPT,
     ANSWER_SYSTEM_PROMPT,

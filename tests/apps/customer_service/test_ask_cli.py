@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -37,9 +38,10 @@ def test_ask_prints_the_stable_json(tmp_path):
     for source in out["sources"]:
         assert set(source) == {"id", "title", "source", "score", "text"}
         assert source["text"].strip()
-    # Extractive answers quote the cited passages; every cited passage is in the KB.
-    assert "[1]" in out["answer"]
-    assert any(source["source"] == "card-arrival.md" for source in out["sources"]), out["sources"]
+    # Markers number the listed sources: every source is cited and every marker has a source.
+    markers = {int(n) for n in re.findall(r"\[(\d+)\]", out["answer"])}
+    assert markers == set(range(1, len(out["sources"]) + 1)), (out["answer"], out["sources"])
+    assert out["sources"][0]["source"] == "card-not-arrived.md", out["sources"]
 
 
 def test_session_carries_the_topic_to_a_follow_up(tmp_path):

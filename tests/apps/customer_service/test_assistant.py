@@ -117,3 +117,9 @@ def test_sessions_in_redis(redis_url, tmp_path):
     bot.ask("I want to change my PIN", "t-redis")
     bot.ask("can I do it at an ATM?", "t-redis")
     assert len(bot.history("t-redis")) == 4
+
+
+def test_renumbered_markers_point_at_the_listed_sources():
+    from apps.customer_service.assistant import _renumber
+
+    assert _renumber("a [3]. b [1, 3]. c [7].", {3: 1, 1: 2}) == "a [1]. b [2, 1]. c ."

@@ -20,7 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from apps.customer_service.answer import ExtractiveAnswerer, LLMAnswerer, llm_condense
+from apps.customer_service.answer import LLMAnswerer, llm_condense
+from apps.customer_service.extractive import ExtractiveAnswerer
 from apps.customer_service.llm import (
     HFChatModel,
     LLMConfig,
