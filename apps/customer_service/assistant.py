@@ -179,10 +179,13 @@ class Assistant:
     def _retrieve(self, inputs: dict[str, Any]) -> list[SearchHit]:
         hits = self.retriever.search(inputs["standalone"], k=max(self.config.k * 2, 8))
         intent: IntentPrediction = inputs["intent"]
-        if intent.confidence >= self.config.intent_boost_confidence:
-            # Articles written for the predicted intent first (fused order kept within each group);
-            # other passages stay only when they are as close to the question as the best of those.
-            matching = [h for h in hits if intent.label in (h.metadata.get("intents") or [])]
+        label = intent.label if intent.confidence >= self.config.intent_boost_confidence else None
+        if label is None and inputs["standalone"] != inputs["question"]:
+            label = inputs["previous_intent"]  # an unclear follow-up stays on the conversation's topic
+        if label is not None:
+            # Articles written for that intent first (fused order kept within each group); other
+            # passages stay only when they are as close to the question as the best of those.
+            matching = [h for h in hits if label in (h.metadata.get("intents") or [])]
             if matching:
                 bar = max((h.dense_score for h in matching if h.dense_score is not None), default=1.0)
                 others = [h for h in hits if h not in matching and (h.dense_score or 0.0) >= bar]
