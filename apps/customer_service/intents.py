@@ -227,7 +227,7 @@ class IntentRouter:
                 f"need at least two distinct labels, got {len(labels)} ({len(set(labels))} distinct)"
             )
         path = config.encoder_path()
-        encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+        encoder = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         return cls(IntentClassifier(encoder, len(labels), config), tokenizer, list(labels), config)
 
