@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableLambda
 
 from apps.customer_service.answer import Answer, Answerer
 from apps.customer_service.dialog import DialogState, Turn, condense
@@ -147,11 +147,11 @@ class Assistant:
     def _build_chain(self) -> Runnable:
         return (
             RunnableLambda(self._mask, name="mask")
-            | RunnablePassthrough.assign(intent=RunnableLambda(self._intent, name="intent"))
-            | RunnablePassthrough.assign(standalone=RunnableLambda(self._condense, name="condense"))
-            | RunnablePassthrough.assign(hits=RunnableLambda(self._retrieve, name="retrieve"))
-            | RunnablePassthrough.assign(handoff=RunnableLambda(self._handoff, name="handoff"))
-            | RunnablePassthrough.assign(answer=RunnableLambda(self._answer, name="answer"))
+            | _assign("intent", self._intent)
+            | _assign("standalone", self._condense, name="condense")
+            | _assign("hits", self._retrieve, name="retrieve")
+            | _assign("handoff", self._handoff)
+            | _assign("answer", self._answer)
         )
 
     def _mask(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -319,6 +319,14 @@ class Assistant:
         state.slots = result.slots
         state.handoff = handoff or state.handoff
         self.store.save(state)
+
+
+def _assign(key: str, step: Any, name: str | None = None) -> Runnable:
+    """A chain step that adds ``key: step(inputs)`` to the inputs.
+
+    Like ``RunnablePassthrough.assign``, without its thread-pool hop per step (~3 ms each here).
+    """
+    return RunnableLambda(lambda inputs: {**inputs, key: step(inputs)}, name=name or key)
 
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")

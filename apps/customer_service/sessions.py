@@ -165,6 +165,12 @@ def _sql_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None
+            if not memory:
+                # WAL: readers do not block the writer; synchronous=NORMAL syncs at checkpoints rather
+                # than at every commit (a committed turn survives a crash of the process; an OS crash
+                # can lose the last few), which takes ~15 ms off every answer on this machine's disk.
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+                dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection: Any) -> None:
