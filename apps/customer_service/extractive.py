@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +267,30 @@ class ExtractiveAnswerer:
 
     def _no_answer(self, removed: list[str]) -> Answer:
         return Answer(self.no_answer_text, [], False, self.backend, removed)
+
+    def prepare(self, passages: Sequence[Mapping[str, Any]]) -> int:
+        """Embed the passages and their sentences ahead of time, into the embedder's on-disk cache.
+
+        Answering from a prepared passage then costs no encoder time (only the question is embedded);
+        ``service.ingest`` prepares every chunk it indexes.
+
+        Args:
+            passages: dicts with ``text`` (and ``title``, ``section``), as the retriever returns them.
+
+        Returns:
+            How many texts were embedded (or found in the cache).
+        """
+        texts: list[str] = []
+        for index, passage in enumerate(passages):
+            clean, _ = sanitize_passage(passage["text"])
+            texts.append(_passage_text(passage, clean))
+            texts.extend(
+                u.embed_text for u in _units(index, clean, max_list_words=int(self.max_words * 0.75))
+            )
+        texts = [t for t in texts if t.strip()]
+        if texts:
+            self.embedder.embed(texts)
+        return len(texts)
 
     def answer(self, question: str, passages: list[dict[str, Any]], *, intent: str | None = None) -> Answer:
         """Answer ``question`` from ``passages`` (best first) with verbatim sentences of them.

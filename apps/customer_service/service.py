@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.customer_service import KNOWLEDGE_BASE
+from apps.customer_service.extractive import ExtractiveAnswerer
 from connectors.knowledge import load_path
 from core.config import cache_dir
 from core.retrieval.embeddings import Embedder
@@ -58,7 +59,15 @@ def ingest(
         raise ValueError(
             f"no documents to index in {', '.join(map(str, paths))}" + (f" ({reasons})" if reasons else "")
         )
+    embedder = embedder or Embedder()
     HybridRetriever.build(result.documents, index_dir, embedder=embedder)
+    # The extractive answerer's sentence embeddings, computed now so that answering costs no encoder time.
+    ExtractiveAnswerer(embedder).prepare(
+        [
+            {"id": d.id, "text": d.text, **{k: d.metadata.get(k) for k in ("title", "section")}}
+            for d in result.documents
+        ]
+    )
     sources = {doc.metadata.get("source") for doc in result.documents}
     return IngestReport(
         index_dir=str(index_dir),

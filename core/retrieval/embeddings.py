@@ -72,6 +72,11 @@ class EmbeddingCache:
         # worker threads), serialised by a lock; the timeout lets processes share the file.
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self._lock = threading.Lock()
+        # WAL lets readers and the writer proceed together; synchronous=NORMAL syncs at checkpoints instead
+        # of every commit, so caching a query's vector costs ~0.1 ms instead of an fsync (~8 ms here). A
+        # cache entry lost to an OS crash is recomputed, never wrong.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self._db.commit()
 
