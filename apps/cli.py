@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apps.customer_service.cli import cs_app
+from apps.fraud.cli import fraud_app
 
 app = typer.Typer(
     name="fathom",
@@ -22,6 +23,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks that write the JSON shape of DESIGN.md.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(cs_app, name="cs")
+app.add_typer(fraud_app, name="fraud")
 moe_app = typer.Typer(
     help="The MoE core: run Hugging Face MoE models on Fathom's layer.", no_args_is_help=True
 )

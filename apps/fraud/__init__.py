@@ -1,0 +1,1 @@
+"""Fraud app: card-transaction data (handbook loader, simulator), the shared feature engine, CLI."""
