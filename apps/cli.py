@@ -13,6 +13,7 @@ from rich.table import Table
 
 from apps.customer_service.cli import cs_app
 from apps.fraud.cli import fraud_app
+from apps.nodule.cli import nodule_app
 
 app = typer.Typer(
     name="fathom",
@@ -24,6 +25,7 @@ bench_app = typer.Typer(help="Benchmarks that write the JSON shape of DESIGN.md.
 app.add_typer(bench_app, name="bench")
 app.add_typer(cs_app, name="cs")
 app.add_typer(fraud_app, name="fraud")
+app.add_typer(nodule_app, name="nodule")
 moe_app = typer.Typer(
     help="The MoE core: run Hugging Face MoE models on Fathom's layer.", no_args_is_help=True
 )

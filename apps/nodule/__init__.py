@@ -1,0 +1,1 @@
+"""Nodule app: synthetic chest CT phantoms with ground truth (LIDC shapes), DICOM writing, CLI."""

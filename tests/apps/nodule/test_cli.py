@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from apps.nodule.cli import nodule_app
+from connectors.dicom import read_series
+
+runner = CliRunner()
+
+
+def test_phantoms_writes_series_masks_and_truth(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        nodule_app, ["phantoms", "--n", "2", "--seed", "3", "--out", str(out), "--size", "tiny"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 phantom series" in result.output and str(out) in result.output
+    index = json.loads((out / "index.json").read_text())
+    assert [p["name"] for p in index["phantoms"]] == ["phantom_000", "phantom_001"]
+    for item in index["phantoms"]:
+        folder = out / item["name"]
+        truth = json.loads((folder / "truth.json").read_text())
+        assert len(truth["nodules"]) == item["n_nodules"]
+        assert (folder / "masks.npz").is_file()
+        assert read_series(folder / "dicom").shape == tuple(truth["shape_zyx"])
+    # same seed, same output
+    again = tmp_path / "again"
+    runner.invoke(nodule_app, ["phantoms", "--n", "2", "--seed", "3", "--out", str(again), "--size", "tiny"])
+    for name in ("phantom_000", "phantom_001"):
+        assert (out / name / "truth.json").read_text() == (again / name / "truth.json").read_text()
+
+
+def test_phantoms_rejects_bad_options(tmp_path):
+    result = runner.invoke(nodule_app, ["phantoms", "--n", "1", "--out", str(tmp_path), "--size", "huge"])
+    assert result.exit_code == 2 and "--size must be one of tiny, small, default" in result.output
+    result = runner.invoke(nodule_app, ["phantoms", "--n", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--n must be >= 1" in result.output
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(nodule_app, ["phantoms", "--out", str(tmp_path / "file"), "--size", "tiny"])
+    assert result.exit_code == 2 and "is not a folder" in result.output
