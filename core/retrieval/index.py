@@ -88,6 +88,9 @@ class VectorIndex:
         model_id: id of the embedding model that made the vectors (recorded in the manifest).
         expected_size: corpus size for ``kind="auto"`` when vectors arrive in several batches.
         hnsw_m: neighbours per HNSW node.
+        ef_construction: HNSW build breadth. 128 rather than FAISS's 40: on 1M clustered 384-d vectors
+            the graph built with 40 levels off at recall@10 0.935 whatever ``ef_search`` is, while 128
+            reaches 0.99 at ef_search=32 (build 3.8x slower; ``fathom bench retrieval`` measures it).
         ef_search: HNSW search breadth.
         nprobe: IVF lists visited per query (default nlist / 4).
         use_gpu: move the index to the GPU (default: when ``gpu_available()``).
@@ -101,6 +104,7 @@ class VectorIndex:
         model_id: str | None = None,
         expected_size: int | None = None,
         hnsw_m: int = 32,
+        ef_construction: int = 128,
         ef_search: int = 64,
         nprobe: int | None = None,
         use_gpu: bool | None = None,
@@ -113,6 +117,7 @@ class VectorIndex:
         self.kind = choose_kind(expected_size) if kind == "auto" and expected_size is not None else kind
         self.model_id = model_id
         self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
         self.ef_search = ef_search
         self.nprobe = nprobe
         self.use_gpu = gpu_available() if use_gpu is None else use_gpu
@@ -261,7 +266,12 @@ class VectorIndex:
             self.params = {}
         elif self.kind == "hnsw":
             index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            self.params = {"hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
+            index.hnsw.efConstruction = self.ef_construction
+            self.params = {
+                "hnsw_m": self.hnsw_m,
+                "ef_construction": self.ef_construction,
+                "ef_search": self.ef_search,
+            }
         else:
             p = ivfpq_params(n, self.dim)
             quantizer = faiss.IndexFlatIP(self.dim)

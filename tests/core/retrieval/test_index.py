@@ -136,3 +136,16 @@ def test_bad_inputs() -> None:
         index.add(np.ones((1, 4)), [7])
     with pytest.raises(ValueError, match="k must be a positive integer"):
         index.search(np.ones((1, 4)), 0)
+
+
+def test_hnsw_build_breadth_is_configurable_and_recorded() -> None:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(16, "hnsw", ef_construction=77)
+    index.add(vectors, np.arange(300))
+    assert index.params["ef_construction"] == 77
+    assert faiss.downcast_index(index._index).hnsw.efConstruction == 77
+    assert VectorIndex(16, "hnsw").ef_construction == 128
