@@ -107,7 +107,7 @@ def test_ann_section_reports_exact_recall_of_one_and_the_target() -> None:
     by_impl = {r["impl"]: r for r in rows}
     assert set(by_impl) == {"faiss-flat (exact)", "fathom-hnsw", "fathom-ivfpq"}
     assert by_impl["faiss-flat (exact)"]["recall_at_10"] == 1.0
-    assert set(by_impl["fathom-hnsw"]["params"]) == {"hnsw_m", "ef_search"}
+    assert set(by_impl["fathom-hnsw"]["params"]) == {"hnsw_m", "ef_construction", "ef_search"}
     assert set(by_impl["fathom-ivfpq"]["params"]) == {"nlist", "m", "nbits", "nprobe"}
     sweeps = [r for r in data["results"] if r["case"].endswith("/sweep")]
     assert len(sweeps) > 6
