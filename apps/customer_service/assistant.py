@@ -158,7 +158,6 @@ class Assistant:
         masked = mask(inputs["question"], region=self.config.region)
         return {
             "question": masked.text,
-            "pii": sorted({e.kind for e in masked.entities}),
             "history": inputs.get("history", []),
             "previous_intent": inputs.get("previous_intent"),
         }

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from apps.customer_service import KNOWLEDGE_BASE
+from apps.customer_service.intents import read_intent_csv
 
 AnswerKind = Literal["answer_id", "answer"]
 ANSWER_COLUMNS: tuple[AnswerKind, ...] = ("answer_id", "answer")
@@ -350,24 +351,9 @@ def banking77_kb_pairs(
         ValueError: the CSV lacks ``text``/``category``, has an empty cell, or a label has no article.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path} does not exist")
+    texts, labels = read_intent_csv(csv_path)
     articles = articles_by_intent(kb_dir)
-    rows: list[tuple[str, str]] = []
-    with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"text", "category"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(
-                f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; expected text,category"
-            )
-        for line, row in enumerate(reader, start=2):
-            text, label = (row.get("text") or "").strip(), (row.get("category") or "").strip()
-            if not text or not label:
-                raise ValueError(f"{csv_path}:{line}: empty {'text' if not text else 'category'}")
-            rows.append((text, label))
-    if not rows:
-        raise ValueError(f"{csv_path}: no rows")
+    rows = list(zip(texts, labels, strict=True))
     uncovered = sorted({label for _, label in rows} - set(articles))
     if uncovered:
         raise ValueError(

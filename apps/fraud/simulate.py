@@ -26,19 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from apps.fraud.data import CANONICAL
+
 TYPOLOGIES = ("card_testing", "compromised_terminal", "account_takeover", "unusual_amount", "mule_ring")
-COLUMNS = (
-    "transaction_id",
-    "timestamp",
-    "customer_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "channel",
-    "merchant_category",
-    "label",
-    "fraud_type",
-)
+COLUMNS = CANONICAL  # the loader's canonical columns: simulated and real data are interchangeable
 WEEKDAY_FACTOR = np.array([0.95, 0.95, 1.0, 1.0, 1.15, 1.2, 0.75])  # Monday .. Sunday
 POS_MCC = np.array(["5411", "5812", "5541", "5311", "5912", "5999", "4121", "5814"])
 ECOM_MCC = np.array(["5732", "5999", "4722", "5815", "5964"])
