@@ -1,12 +1,23 @@
-"""The suite's HTTP API: every app's routes on one ``core.serving`` app (customer service so far).
+"""The suite's HTTP API: every app's routes on one ``core.serving`` app (customer service and fraud).
 
-``create_api()`` builds the app; ``serve()`` runs it with uvicorn (``fathom serve``). The
-customer-service assistant is built once: at startup when ``preload`` is set (what ``serve`` does,
-so the first customer does not wait for the index to load), else on the first request.
+``create_api()`` builds the app; ``serve()`` runs it with uvicorn (``fathom serve``). The heavy
+parts are ``LazyResource``s, built once: the customer-service assistant, the fraud scorer (model
+and live feature state) and the fraud alert store. With ``preload`` (what ``serve`` does, so the
+first customer does not wait for the index to load) the assistant and the fraud scorer are built at
+startup, else on the first request; the fraud scorer is preloaded only when its model is there to
+load (a factory given, ``$FATHOM_FRAUD_MODEL`` set, or the shipped model present), so a checkout
+without a trained fraud model serves customer service with a healthy ``/healthz``. A fraud scorer
+that fails to load does not stop the server: ``/fraud`` routes answer 503 (and retry the load),
+``/healthz`` names it, ``/cs`` works on.
+
+Environment: ``FATHOM_API_KEY`` (the key), ``FATHOM_FRAUD_MODEL`` (the fraud model's folder, default
+the shipped ``models/fraud-detector``), ``FATHOM_FRAUD_ALERTS`` (the alert store: a SQLite path or a
+database URL, default ``alerts.db`` in ``core.config.cache_dir("fraud")``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -14,10 +25,17 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from apps.customer_service.api import AssistantLike, make_router
-from core.serving import LazyResource, create_app
+from apps.customer_service.api import AssistantLike
+from apps.customer_service.api import make_router as make_cs_router
+from apps.fraud.api import AlertStoreLike, ScorerLike
+from apps.fraud.api import make_router as make_fraud_router
+from core.config import cache_dir, models_dir
+from core.serving import LazyResource, ResourceUnavailable, create_app
 
 API_KEY_ENV = "FATHOM_API_KEY"
+FRAUD_MODEL_ENV = "FATHOM_FRAUD_MODEL"
+FRAUD_ALERTS_ENV = "FATHOM_FRAUD_ALERTS"
+FRAUD_MODEL = "fraud-detector"  # apps.fraud.train.DEFAULT_MODEL, without importing torch here
 TITLE = "Fathom API"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -31,6 +49,31 @@ def default_assistant() -> AssistantLike:
     return Assistant.from_config(AssistantConfig())
 
 
+def default_fraud_scorer() -> ScorerLike:
+    """The fraud scorer: the model in ``$FATHOM_FRAUD_MODEL`` (default: the shipped one), fresh state."""
+    from apps.fraud.service import FraudScorer
+
+    model_dir = os.environ.get(FRAUD_MODEL_ENV, "").strip()
+    return FraudScorer.load(model_dir or None)
+
+
+def fraud_model_configured() -> bool:
+    """Whether ``default_fraud_scorer`` has a model to load: ``$FATHOM_FRAUD_MODEL`` or the shipped one."""
+    return bool(os.environ.get(FRAUD_MODEL_ENV, "").strip()) or models_dir(FRAUD_MODEL).is_dir()
+
+
+def default_fraud_alerts() -> AlertStoreLike:
+    """The alert store at ``$FATHOM_FRAUD_ALERTS`` (default: ``alerts.db`` in the fraud cache folder)."""
+    from apps.fraud.alerts import AlertStore
+
+    where = os.environ.get(FRAUD_ALERTS_ENV, "").strip()
+    if not where:
+        folder = cache_dir("fraud")
+        folder.mkdir(parents=True, exist_ok=True)
+        where = str(folder / "alerts.db")
+    return AlertStore.open(where)
+
+
 def api_key_from_env() -> str | None:
     """``$FATHOM_API_KEY`` with surrounding whitespace removed; None when unset or blank."""
     value = os.environ.get(API_KEY_ENV, "").strip()
@@ -41,19 +84,26 @@ def create_api(
     api_key: str | None = None,
     *,
     assistant_factory: Callable[[], AssistantLike] | None = None,
+    fraud_scorer_factory: Callable[[], ScorerLike] | None = None,
+    fraud_alerts_factory: Callable[[], AlertStoreLike] | None = None,
     preload: bool = False,
     **app_options: Any,
 ) -> FastAPI:
-    """The Fathom API: ``/cs/*`` plus ``/healthz``, ``/metrics`` and ``/docs``.
+    """The Fathom API: ``/cs/*`` and ``/fraud/*`` plus ``/healthz``, ``/metrics`` and ``/docs``.
 
     Args:
         api_key: the key clients must send; None reads ``$FATHOM_API_KEY`` (unset or blank: no auth).
         assistant_factory: builds the customer-service assistant (default: ``default_assistant``).
-        preload: build the assistant at startup instead of on the first request.
+        fraud_scorer_factory: builds the fraud scorer (default: ``default_fraud_scorer``).
+        fraud_alerts_factory: opens the fraud alert store (default: ``default_fraud_alerts``).
+        preload: build the assistant, and the fraud scorer when it has a model (see the module
+            docstring), at startup instead of on first use; a scorer that fails to load is logged and
+            reported by ``/healthz``, not fatal.
         **app_options: passed on to ``core.serving.create_app`` (``max_body_bytes``, ``registry``, ...).
 
     Returns:
-        The app. ``app.state.assistant`` is the assistant's ``LazyResource``.
+        The app. ``app.state.assistant``, ``app.state.fraud_scorer`` and ``app.state.fraud_alerts``
+        are the ``LazyResource``s.
 
     Raises:
         ValueError: a bad ``api_key`` (empty, whitespace around it).
@@ -61,16 +111,30 @@ def create_api(
     if api_key is None:
         api_key = api_key_from_env()
     assistant = LazyResource("customer_service.assistant", assistant_factory or default_assistant)
+    scorer = LazyResource("fraud.scorer", fraud_scorer_factory or default_fraud_scorer)
+    alerts = LazyResource("fraud.alerts", fraud_alerts_factory or default_fraud_alerts)
+
+    def preload_scorer() -> None:
+        # A failure is logged by LazyResource; /fraud answers 503 and retries the load.
+        with contextlib.suppress(ResourceUnavailable):
+            scorer.get()
+
+    preload_fraud = [preload_scorer] if fraud_scorer_factory is not None or fraud_model_configured() else []
     app = create_app(
         title=TITLE,
-        description="Customer-service assistant with citations and hand-off; more apps to come.",
-        routers=[make_router(assistant.get)],
+        description=(
+            "Customer-service assistant with citations and hand-off; real-time fraud scoring and "
+            "the fraud alert queue."
+        ),
+        routers=[make_cs_router(assistant.get), make_fraud_router(scorer.get, alerts.get)],
         api_key=api_key,
-        components={assistant.name: assistant.status},
-        preload=[assistant.get] if preload else [],
+        components={resource.name: resource.status for resource in (assistant, scorer, alerts)},
+        preload=[assistant.get, *preload_fraud] if preload else [],
         **app_options,
     )
     app.state.assistant = assistant
+    app.state.fraud_scorer = scorer
+    app.state.fraud_alerts = alerts
     return app
 
 
@@ -88,7 +152,7 @@ def serve(
         host: interface to bind (``0.0.0.0`` for every interface).
         port: TCP port, 1-65535 (0: any free port).
         api_key: as in ``create_api`` (None: ``$FATHOM_API_KEY``).
-        preload: build the assistant before accepting requests.
+        preload: build the assistant and the fraud scorer before accepting requests.
         log_level: uvicorn's log level.
 
     Raises:

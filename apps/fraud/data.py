@@ -165,3 +165,84 @@ def load_handbook(source: str | Path | Sequence[str | Path], *, nrows: int | Non
         ids = df.loc[duplicated, "transaction_id"].head(3).tolist()
         raise ValueError(f"load_handbook: {int(duplicated.sum())} duplicate TRANSACTION_ID(s), e.g. {ids}")
     return df.sort_values("timestamp", kind="stable").reset_index(drop=True)[list(CANONICAL)]
+
+
+def load_transactions(path: str | Path, *, nrows: int | None = None) -> pd.DataFrame:
+    """Read a transactions file (CSV, CSV.gz, Parquet) in the handbook's or the canonical columns.
+
+    Column names are matched case-insensitively through ``connectors.streams.schema.ALIASES``
+    (``TX_DATETIME``, ``card_id``, ``is_fraud``...). Output as ``load_handbook``: ``CANONICAL``
+    columns, string ids, UTC ``timestamp``, float ``amount``, bool ``label`` (None when the file
+    has none), sorted by time.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a missing column, a bad value (naming the
+            file, row and column), duplicate transaction ids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"transactions file {path} does not exist")
+    if not path.name.lower().endswith(SUFFIXES):
+        raise ValueError(f"{path}: transactions must be {', '.join(SUFFIXES)}")
+    if path.name.lower().endswith((".parquet", ".pq")):
+        frame = pd.read_parquet(path)
+        frame = frame.head(nrows) if nrows is not None else frame
+    else:
+        frame = pd.read_csv(path, dtype=str, nrows=nrows, keep_default_na=False, na_values=[""])
+    if "TX_DATETIME" in frame.columns:
+        return load_handbook(path, nrows=nrows)
+    renamed: dict[str, str] = {}
+    for column in frame.columns:
+        name = ALIASES.get(str(column).strip().lower(), str(column).strip().lower())
+        if name in renamed.values():
+            raise ValueError(f"{path}: two columns give {name!r}")
+        renamed[column] = name
+    frame = frame.rename(columns=renamed)
+    missing = [
+        c for c in ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount") if c not in frame
+    ]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)}; has {', '.join(map(str, frame.columns))}"
+        )
+    out = pd.DataFrame(index=frame.index)
+    for column in ("transaction_id", "customer_id", "terminal_id"):
+        values = frame[column]
+        empty = values.isna() | (values.astype(str).str.strip() == "")
+        if empty.any():
+            raise ValueError(f"{path} row {int(empty.to_numpy().argmax()) + 1}: empty {column}")
+        out[column] = values.astype(str).str.strip()
+    stamps = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True, format="mixed")
+    if stamps.isna().any():
+        row = int(stamps.isna().to_numpy().argmax())
+        raise ValueError(f"{path} row {row + 1}: timestamp {frame['timestamp'].iat[row]!r} is not a time")
+    out["timestamp"] = stamps
+    amount = pd.to_numeric(frame["amount"], errors="coerce")
+    bad = amount.isna() | ~amount.between(0, float("inf"))
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise ValueError(
+            f"{path} row {row + 1}: amount {frame['amount'].iat[row]!r} is not a finite number >= 0"
+        )
+    out["amount"] = amount.astype(float)
+    for column, default in (("currency", DEFAULT_CURRENCY), ("channel", None), ("merchant_category", None)):
+        out[column] = frame[column].where(frame[column].notna(), default) if column in frame else default
+    if "label" in frame:
+        text = frame["label"].astype(str).str.strip().str.lower()
+        mapping = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
+        label = text.map(mapping)
+        unknown = label.isna() & frame["label"].notna()
+        if unknown.any():
+            row = int(unknown.to_numpy().argmax())
+            raise ValueError(f"{path} row {row + 1}: label {frame['label'].iat[row]!r} is not 0/1/true/false")
+        out["label"] = label.astype(object).where(label.notna(), None)
+        if out["label"].notna().all():
+            out["label"] = out["label"].astype(bool)
+    else:
+        out["label"] = None
+    out["fraud_type"] = frame.get("fraud_type", None)
+    duplicated = out["transaction_id"].duplicated()
+    if duplicated.any():
+        ids = out.loc[duplicated, "transaction_id"].head(3).tolist()
+        raise ValueError(f"{path}: {int(duplicated.sum())} duplicate transaction id(s), e.g. {ids}")
+    return out.sort_values("timestamp", kind="stable").reset_index(drop=True)[list(CANONICAL)]

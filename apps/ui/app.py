@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from apps.customer_service import ui as cs_ui
+from apps.fraud import ui as fraud_ui
 
 
 def home() -> None:
@@ -16,7 +17,9 @@ def home() -> None:
     st.title("Fathom")
     st.markdown(
         "Domain AI for regulated industries. **Customer service**: a bank's support assistant that "
-        "answers from the knowledge base with citations and hands urgent or uncertain cases to a human."
+        "answers from the knowledge base with citations and hands urgent or uncertain cases to a human. "
+        "**Fraud alerts**: the risk team's queue of scored card transactions, why each alert fired, "
+        "and how the alerts turned out over time."
     )
     st.subheader("Loaded in this server")
     loaded = cs_ui.loaded_info()
@@ -24,7 +27,7 @@ def home() -> None:
         st.success(f"Customer-service assistant: loaded, index `{loaded['index']}`")
     else:
         st.info("Customer-service assistant: not loaded yet; it loads when its page is first opened.")
-    st.caption("Fraud and lung-nodule pages are not part of this build yet.")
+    st.caption("The lung-nodule page is not part of this build yet.")
 
 
 def main() -> None:
@@ -37,6 +40,12 @@ def main() -> None:
             title="Customer service",
             icon=":material/support_agent:",
             url_path="customer-service",
+        ),
+        st.Page(
+            fraud_ui.render,
+            title="Fraud alerts",
+            icon=":material/credit_card_off:",
+            url_path="fraud",
         ),
     ]
     st.navigation(pages).run()

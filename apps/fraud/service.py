@@ -1,0 +1,485 @@
+"""The fraud functions the CLI, the API, the UI and the benchmark call.
+
+``FraudScorer`` holds the model and the feature engine's state, and scores transactions the
+same way in every mode:
+
+- batch (``score_frame``): a DataFrame through ``features.prepare`` (one pass in time order,
+  day graphs included) and the model in chunks; earlier transactions in ``history`` only build
+  the state (features, sequences, graph) and are not scored;
+- streaming (``score_one`` / ``score_many``): one transaction at a time from the live state; the
+  graph is re-embedded when a transaction opens a new UTC day.
+
+Both give the same score for the same transaction (a test checks it). Scores at or above the
+threshold become alerts with an explanation (``apps.fraud.explain``) in an ``AlertStore``::
+
+    scorer = FraudScorer.load()                           # shipped model, fresh state
+    scores = scorer.score_frame(df, history=earlier)      # DataFrame: transaction_id, score, alert
+    result = scorer.score_one(tx)                         # {"transaction_id", "score", "alert", ...}
+    stats = stream(scorer, "file:///data/tx.csv", "sqlite:///scores.db", alerts="alerts.db")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from apps.fraud.alerts import Alert, AlertStore
+from apps.fraud.features import DAY, SEQ_LEN, STEP_NAMES, FeatureState, Prepared, _as_tx, prepare
+from apps.fraud.model import FraudNet, GraphTensors, score_prepared
+from apps.fraud.train import default_model_dir, load_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+RECENT_IDS = 100_000  # transaction ids remembered by the live scorer, so a repeat is not re-counted
+
+
+@dataclass
+class Scored:
+    """One streaming result; ``as_dict`` is what sinks and the API store."""
+
+    transaction_id: str
+    score: float
+    alert: bool
+    threshold: float
+    model: str
+    customer_id: str = ""
+    terminal_id: str = ""
+    amount: float = 0.0
+    timestamp: str = ""  # ISO 8601, UTC
+    repeated: bool = False
+    explanation: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "transaction_id": self.transaction_id,
+            "customer_id": self.customer_id,
+            "terminal_id": self.terminal_id,
+            "amount": self.amount,
+            "timestamp": self.timestamp,
+            "score": self.score,
+            "alert": self.alert,
+            "threshold": self.threshold,
+            "model": self.model,
+        }
+        if self.repeated:
+            out["repeated"] = True
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
+        return out
+
+
+class FraudScorer:
+    """A model and the live feature state (see the module docstring).
+
+    Args:
+        model: a trained ``FraudNet`` (eval mode).
+        card: its model card (for the name, version and the alert threshold).
+        threshold: alert at ``score >= threshold``; default the card's ``alert_threshold`` or 0.5.
+        state: the feature engine's state to continue from (a fresh one by default).
+        explain: attach explanations to alerts (streaming) and to alert rows (batch).
+    """
+
+    def __init__(
+        self,
+        model: FraudNet,
+        card: Mapping[str, Any] | None = None,
+        *,
+        threshold: float | None = None,
+        state: FeatureState | None = None,
+        explain: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.card = dict(card or {})
+        chosen = threshold if threshold is not None else self.card.get("alert_threshold", DEFAULT_THRESHOLD)
+        if not (isinstance(chosen, int | float) and 0.0 <= float(chosen) <= 1.0):
+            raise ValueError(f"threshold must be in [0, 1], got {chosen!r}")
+        self.threshold = float(chosen)
+        self.state = state or FeatureState(label_delay_days=float(self.card.get("label_delay_days", 7.0)))
+        self.explain = explain
+        self.name = f"{self.card.get('name', 'fraud-model')}@{self.card.get('code_version', 'unknown')}"
+        self._lock = threading.Lock()
+        self._day_end = -math.inf
+        self._snapshot = None
+        self._graph: GraphTensors | None = None
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._alpha: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._recent: OrderedDict[str, Scored] = OrderedDict()
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path | None = None,
+        *,
+        threshold: float | None = None,
+        state_path: str | Path | None = None,
+        explain: bool = True,
+    ) -> FraudScorer:
+        """The model in ``model_dir`` (default: the shipped one) with a fresh or saved state."""
+        model, card = load_model(model_dir if model_dir is not None else default_model_dir())
+        state = FeatureState.load(state_path) if state_path and Path(state_path).exists() else None
+        return cls(model, card, threshold=threshold, state=state, explain=explain)
+
+    # --- batch ---------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        df: pd.DataFrame,
+        *,
+        history: pd.DataFrame | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Prepared:
+        """Run ``history`` (not scored) then ``df`` through the state; the ``Prepared`` of ``df``."""
+        graph = self.model.config.use_graph
+        with self._lock:
+            if history is not None and len(history):
+                prepare(history, self.state, snapshots=False)
+            prepared = prepare(df, self.state, snapshots=graph, progress=progress)
+            self._day_end = -math.inf  # the live graph must be rebuilt from the new state
+        return prepared
+
+    def score_frame(
+        self,
+        df: pd.DataFrame,
+        *,
+        history: pd.DataFrame | None = None,
+        progress: Callable[[int], None] | None = None,
+        explain_alerts: bool | None = None,
+        engine: str = "local",
+        chunk: int = 32_768,
+    ) -> pd.DataFrame:
+        """Scores of every row of ``df`` (any order), row-aligned with ``df``.
+
+        Returns:
+            DataFrame with ``transaction_id, timestamp, customer_id, terminal_id, amount, score,
+            alert`` (and ``label`` when ``df`` has it), ``df``'s index; with ``explain_alerts``
+            (default: the scorer's ``explain``) an ``explanation`` column (JSON text) for alert rows.
+
+        Args:
+            engine: ``"local"`` scores in-process in chunks of ``chunk`` rows; ``"ray"`` runs the same
+                model over the chunks as Ray Data tasks (``ray_score``). The feature pass is one
+                sequential pass in time order either way: each row's features depend on all rows
+                before it.
+        """
+        if engine not in ("local", "ray"):
+            raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        prepared = self.prepare(df, history=history, progress=progress)
+        if engine == "ray":
+            scores = ray_score(self.model, prepared, chunk=chunk)
+        else:
+            scores = score_prepared(self.model, prepared, chunk=chunk)
+        out = pd.DataFrame(
+            {
+                "transaction_id": df["transaction_id"].astype(str).to_numpy(),
+                "timestamp": pd.to_datetime(df["timestamp"], utc=True).to_numpy(),
+                "customer_id": df["customer_id"].astype(str).to_numpy(),
+                "terminal_id": df["terminal_id"].astype(str).to_numpy(),
+                "amount": pd.to_numeric(df["amount"]).to_numpy(dtype=np.float64),
+                "score": scores.astype(np.float64),
+            },
+            index=df.index,
+        )
+        out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
+        out["alert"] = out["score"] >= self.threshold
+        if "label" in df.columns:
+            out["label"] = df["label"].to_numpy()
+        if self.explain if explain_alerts is None else explain_alerts:
+            rows = np.flatnonzero(out["alert"].to_numpy())
+            texts = [None] * len(out)
+            for row, explanation in zip(rows, self._explain_rows(prepared, rows), strict=True):
+                texts[row] = json.dumps(explanation)
+            out["explanation"] = texts
+        return out
+
+    def _explain_rows(self, prepared: Prepared, rows: np.ndarray) -> list[dict[str, Any]]:
+        if len(rows) == 0:
+            return []
+        from apps.fraud.explain import explain_rows
+
+        return explain_rows(self.model, prepared, rows)
+
+    # --- streaming -----------------------------------------------------------------------------------
+    def _refresh_graph(self, t: float) -> None:
+        if not self.model.config.use_graph or t < self._day_end:
+            return
+        day_start = math.floor(t / DAY) * DAY
+        self._snapshot = self.state.graph_snapshot(max(day_start, self.state.now))
+        self._graph = GraphTensors.from_snapshot(self._snapshot)
+        with torch.no_grad():
+            card, terminal, self._alpha = self.model.embed_graph(self._graph, attention=True)
+        self._tables = (card, terminal)
+        self._day_end = day_start + DAY
+
+    @torch.no_grad()
+    def score_one(self, tx: Any) -> Scored:
+        """Score one transaction from the live state and add it to the state.
+
+        A transaction id scored before (within the last ``RECENT_IDS``) returns its first result
+        with ``repeated=True`` and leaves the state alone (at-least-once redelivery).
+
+        Args:
+            tx: a ``connectors.streams.Transaction``, or a mapping of raw fields, which is
+                validated by ``parse_transaction`` first (ISO timestamps, aliases).
+
+        Raises:
+            ValueError: a transaction earlier than the last one seen, or invalid fields
+                (``InvalidRecord`` naming them).
+        """
+        t = _as_tx(_validated(tx))
+        with self._lock:
+            seen = self._recent.get(t.transaction_id)
+            if seen is not None:
+                return Scored(**{**seen.__dict__, "repeated": True})
+            if t.time < self.state.now:
+                self.state._advance(t)  # raises, naming the transaction and the last time seen
+            self._refresh_graph(t.time)
+            previous = self.state.sequence(t.customer_id)
+            features, step = self.state.step(
+                t.transaction_id, t.time, t.customer_id, t.terminal_id, t.amount, t.label
+            )
+            steps = [*previous, step]
+            padded = [(0.0,) * len(STEP_NAMES)] * (SEQ_LEN - len(steps)) + steps
+            x = torch.tensor([features], dtype=torch.float32)
+            seq = torch.tensor([padded], dtype=torch.float32)
+            card = terminal = None
+            if self._tables is not None and self._snapshot is not None:
+                snap = self._snapshot
+                ci = snap.card_index.get(t.customer_id, snap.unseen_card)
+                ti = snap.terminal_index.get(t.terminal_id, snap.unseen_terminal)
+                card, terminal = self._tables[0][ci : ci + 1], self._tables[1][ti : ti + 1]
+            score = float(torch.sigmoid(self.model(x, seq, card, terminal))[0])
+            alert = score >= self.threshold
+            explanation = None
+            if alert and self.explain:
+                explanation = self._explain_live(t, x, seq, card, terminal)
+            result = Scored(
+                t.transaction_id,
+                score,
+                alert,
+                self.threshold,
+                self.name,
+                customer_id=t.customer_id,
+                terminal_id=t.terminal_id,
+                amount=t.amount,
+                timestamp=datetime.fromtimestamp(t.time, UTC).isoformat(),
+                explanation=explanation,
+            )
+            self._recent[t.transaction_id] = result
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+            return result
+
+    def _explain_live(self, t: Any, x, seq, card, terminal) -> dict[str, Any]:
+        from apps.fraud.explain import attributions, graph_neighbours
+
+        with torch.enable_grad():
+            attr = attributions(self.model, x, seq, card, terminal)[0]
+        out: dict[str, Any] = {
+            "top_features": attr["features"][:5],
+            "sequence": attr.get("sequence"),
+            "card_graph": attr.get("card_graph"),
+            "terminal_graph": attr.get("terminal_graph"),
+        }
+        if self._snapshot is not None:
+            out["neighbours"] = graph_neighbours(
+                self.model, self._snapshot, t.customer_id, t.terminal_id, alpha=self._alpha
+            )
+        return json.loads(json.dumps(out))
+
+    def score_many(self, txs: Iterable[Any]) -> list[Scored]:
+        """``score_one`` for each, in time order (ties keep their order); results in input order."""
+        items = [(_as_tx(v), v) for v in (_validated(tx) for tx in txs)]
+        order = sorted(range(len(items)), key=lambda i: items[i][0].time)
+        out: list[Scored | None] = [None] * len(items)
+        for i in order:
+            out[i] = self.score_one(items[i][1])
+        return [r for r in out if r is not None]
+
+    def add_label(self, transaction_id: str, label: bool) -> bool:
+        """Feed an analyst's decision back into the feature state (terminal risk)."""
+        with self._lock:
+            return self.state.add_label(transaction_id, label)
+
+    def save_state(self, path: str | Path) -> Path:
+        with self._lock:
+            return self.state.save(path)
+
+
+def ray_score(model: FraudNet, prepared: Prepared, *, chunk: int = 32_768) -> np.ndarray:
+    """``score_prepared`` on Ray Data: each block of ``chunk`` rows is one ``map_batches`` call.
+
+    The day graphs are embedded once here; the workers get each row's features, sequence and
+    node embeddings, and run the model's forward. Starts a local Ray runtime when none is up.
+    """
+    import ray
+
+    from apps.fraud.model import load_rows
+
+    n = len(prepared)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    card = terminal = None
+    if model.config.use_graph:
+        g = model.config.gnn_hidden
+        card = np.zeros((n, g), dtype=np.float32)
+        terminal = np.zeros((n, g), dtype=np.float32)
+        with torch.no_grad():
+            for s in np.unique(prepared.snapshot):
+                rows = np.flatnonzero(prepared.snapshot == s)
+                tables = model.embed_graph(GraphTensors.from_snapshot(prepared.snapshots[s]))
+                card[rows] = tables[0][torch.from_numpy(prepared.card_node[rows])].numpy()
+                terminal[rows] = tables[1][torch.from_numpy(prepared.terminal_node[rows])].numpy()
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    inputs = ray.put({"prepared": prepared, "card": card, "terminal": terminal})
+
+    def score_block(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from apps.fraud.model import FraudModelConfig
+
+        data = ray.get(inputs)
+        net = FraudNet(FraudModelConfig.from_dict(config))
+        net.load_state_dict(state)
+        net.eval()
+        out = []
+        for start, stop in zip(batch["start"], batch["stop"], strict=True):
+            rows = np.arange(start, stop)
+            features, sequences = load_rows(data["prepared"], rows)
+            c = t = None
+            if data["card"] is not None:
+                c, t = torch.from_numpy(data["card"][rows]), torch.from_numpy(data["terminal"][rows])
+            with torch.no_grad():
+                out.append(torch.sigmoid(net(features, sequences, c, t)).numpy())
+        return {"start": batch["start"], "scores": np.array(out + [None], dtype=object)[:-1]}
+
+    blocks = [{"start": s, "stop": min(s + chunk, n)} for s in range(0, n, chunk)]
+    result = ray.data.from_items(blocks).map_batches(score_block, batch_size=1).take_all()
+    scores = np.empty(n, dtype=np.float32)
+    for row in result:
+        start = int(row["start"])
+        scores[start : start + len(row["scores"])] = row["scores"]
+    return scores
+
+
+def _validated(tx: Any) -> Any:
+    """A raw mapping -> ``Transaction`` (validated); anything else as it is."""
+    if isinstance(tx, Mapping):
+        from connectors.streams.schema import parse_transaction
+
+        return parse_transaction(tx)
+    return tx
+
+
+def alert_from(result: Scored, tx: Any) -> Alert:
+    """The ``Alert`` record of an alerting streaming result."""
+    t = _as_tx(_validated(tx))
+    return Alert(
+        transaction_id=t.transaction_id,
+        customer_id=t.customer_id,
+        terminal_id=t.terminal_id,
+        amount=t.amount,
+        timestamp=datetime.fromtimestamp(t.time, UTC),
+        score=result.score,
+        threshold=result.threshold,
+        model=result.model,
+        explanation=result.explanation,
+    )
+
+
+def alerts_from_frame(scored: pd.DataFrame, scorer: FraudScorer) -> list[Alert]:
+    """``Alert`` records of the alert rows of ``score_frame`` output."""
+    rows = scored[scored["alert"]]
+    out = []
+    for row in rows.itertuples(index=False):
+        explanation = getattr(row, "explanation", None)
+        out.append(
+            Alert(
+                transaction_id=row.transaction_id,
+                customer_id=row.customer_id,
+                terminal_id=row.terminal_id,
+                amount=float(row.amount),
+                timestamp=row.timestamp.to_pydatetime(),
+                score=float(row.score),
+                threshold=scorer.threshold,
+                model=scorer.name,
+                explanation=json.loads(explanation) if isinstance(explanation, str) else None,
+            )
+        )
+    return out
+
+
+def stream(
+    scorer: FraudScorer,
+    source_url: str,
+    sink_url: str,
+    *,
+    alerts: str | Path | AlertStore | None = None,
+    dead_letter_url: str | None = None,
+    idle_timeout: float | None = 5.0,
+    max_messages: int | None = None,
+    state_path: str | Path | None = None,
+    on_result: Callable[[Scored], None] | None = None,
+):
+    """Score a stream: ``source_url`` -> scores at ``sink_url``, alerts into ``alerts``.
+
+    URLs as ``connectors.streams.open_source``/``open_sink`` take them (file://, redis://,
+    kafka://, sqlite:///). Dead letters go to ``dead_letter_url`` (default: beside the sink).
+    The feature state is saved to ``state_path`` at the end, when given.
+
+    Returns:
+        ``connectors.streams.RunStats``.
+    """
+    from connectors.streams import open_sink, open_source, run
+
+    source = open_source(source_url)
+    sink = open_sink(sink_url)
+    dead = open_sink(dead_letter_url or _dead_letter_url(sink_url))
+    store = alerts if isinstance(alerts, AlertStore) or alerts is None else AlertStore.open(alerts)
+
+    def process(tx: Any) -> Mapping[str, Any]:
+        result = scorer.score_one(tx)
+        if result.alert and store is not None and not result.repeated:
+            store.add(alert_from(result, tx))
+        if on_result is not None:
+            on_result(result)
+        out = result.as_dict()
+        if "explanation" in out:
+            out["explanation"] = json.dumps(out["explanation"])
+        return out
+
+    try:
+        stats = run(source, process, sink, dead, idle_timeout=idle_timeout, max_messages=max_messages)
+    finally:
+        for part in (source, sink, dead):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+        if state_path is not None:
+            scorer.save_state(state_path)
+    return stats
+
+
+def _dead_letter_url(sink_url: str) -> str:
+    """Dead letters beside the results: same database/stream server, a sibling table/stream/topic."""
+    if sink_url.startswith(("redis://", "rediss://")):
+        base = sink_url.split("?", 1)[0]
+        return f"{base}?stream=fraud:dead"
+    if sink_url.startswith("kafka://"):
+        base = sink_url.split("?", 1)[0]
+        return f"{base}?topic=fraud-dead"
+    base = sink_url.split("?", 1)[0]
+    return f"{base}?table=dead_letters"

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from apps.fraud.alerts import AlertStore
+from apps.fraud.service import FraudScorer, alerts_from_frame, stream
+from connectors.streams.schema import parse_transaction
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    rows = df.drop(columns=["fraud_type"]).assign(timestamp=df["timestamp"].map(lambda t: t.isoformat()))
+    return rows.to_dict("records")
+
+
+def test_batch_and_stream_give_the_same_scores(fraud_df: pd.DataFrame, tiny_model_dir: Path) -> None:
+    """Training, batch and streaming share one engine: same transaction, same score."""
+    cut = len(fraud_df) // 2
+    history, later = fraud_df.iloc[:cut], fraud_df.iloc[cut:]
+    batch = FraudScorer.load(tiny_model_dir, explain=False).score_frame(later, history=history)
+    live = FraudScorer.load(tiny_model_dir, explain=False)
+    live.prepare(history)  # the same history, then one transaction at a time
+    streamed = [live.score_one(parse_transaction(r)).score for r in _records(later)]
+    np.testing.assert_allclose(batch["score"].to_numpy(), np.array(streamed), rtol=1e-5, atol=1e-6)
+    assert list(batch["transaction_id"]) == list(later["transaction_id"])
+    assert batch["alert"].dtype == bool
+
+
+def test_score_frame_any_order_and_alerts_with_explanations(fraud_df, tiny_model_dir, tmp_path) -> None:
+    scorer = FraudScorer.load(tiny_model_dir, threshold=0.0)  # every row alerts
+    part = fraud_df.iloc[:300]
+    shuffled = part.sample(frac=1.0, random_state=1)
+    out = scorer.score_frame(shuffled)
+    ordered = FraudScorer.load(tiny_model_dir, explain=False).score_frame(part)
+    np.testing.assert_allclose(out.loc[part.index, "score"], ordered["score"], rtol=1e-6)
+    assert out["alert"].all()
+    explanation = json.loads(out["explanation"].iloc[0])
+    assert {"top_features", "neighbours"} <= set(explanation)
+    store = AlertStore.open(tmp_path / "alerts.db")
+    assert store.add_many(alerts_from_frame(out, scorer)) == len(part)
+    assert store.add_many(alerts_from_frame(out, scorer)) == 0  # idempotent
+
+
+def test_ray_engine_matches_local(fraud_df, tiny_model_dir) -> None:
+    pytest.importorskip("ray")
+    part = fraud_df.iloc[:400]
+    local = FraudScorer.load(tiny_model_dir, explain=False).score_frame(part)
+    ray_out = FraudScorer.load(tiny_model_dir, explain=False).score_frame(part, engine="ray", chunk=150)
+    np.testing.assert_allclose(local["score"], ray_out["score"], rtol=1e-6)
+
+
+def test_score_one_repeats_and_order(fraud_df, tiny_model_dir) -> None:
+    scorer = FraudScorer.load(tiny_model_dir, explain=False)
+    rows = _records(fraud_df.iloc[:50])
+    first = scorer.score_one(rows[10])
+    again = scorer.score_one(rows[10])
+    assert again.repeated and again.score == first.score
+    with pytest.raises(ValueError, match="earlier than the last one seen"):
+        scorer.score_one(rows[5])
+    results = scorer.score_many(list(reversed(rows[20:30])))  # sorted by time internally
+    assert [r.transaction_id for r in results] == [str(r["transaction_id"]) for r in reversed(rows[20:30])]
+    with pytest.raises(ValueError, match="threshold"):
+        FraudScorer.load(tiny_model_dir, threshold=1.5)
+
+
+def test_stream_file_to_sqlite_with_dead_letters(fraud_df, tiny_model_dir, tmp_path) -> None:
+    part = fraud_df.iloc[:200].drop(columns=["fraud_type"]).copy()
+    part["timestamp"] = part["timestamp"].map(lambda t: t.isoformat())
+    part = part.astype({"amount": object})
+    part.loc[part.index[7], "amount"] = "-5"  # invalid: dead letter, not dropped
+    part.loc[part.index[9], "customer_id"] = ""
+    src = tmp_path / "tx.csv"
+    part.to_csv(src, index=False)
+    scorer = FraudScorer.load(tiny_model_dir, threshold=0.0)
+    stats = stream(
+        scorer,
+        f"file://{src}",
+        f"sqlite:///{tmp_path / 'scores.db'}",
+        alerts=tmp_path / "alerts.db",
+        idle_timeout=0.5,
+        state_path=tmp_path / "state.json",
+    )
+    assert stats.read == 200 and stats.dead_lettered == 2 and stats.scored == 198
+    with sqlite3.connect(tmp_path / "scores.db") as db:
+        assert db.execute("select count(*) from results").fetchone()[0] == 198
+        assert db.execute("select count(*) from dead_letters").fetchone()[0] == 2
+    assert AlertStore.open(tmp_path / "alerts.db").count() == 198
+    assert (tmp_path / "state.json").exists()
+    resumed = FraudScorer.load(tiny_model_dir, state_path=tmp_path / "state.json")
+    assert resumed.state.now == scorer.state.now
+
+
+@pytest.mark.integration
+def test_stream_from_redis(fraud_df, tiny_model_dir, redis_url, tmp_path) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for row in _records(fraud_df.iloc[:120]):
+        client.xadd("tx", {k: "" if v is None else str(v) for k, v in row.items()})
+    scorer = FraudScorer.load(tiny_model_dir, threshold=0.9, explain=False)
+    stats = stream(
+        scorer,
+        f"{redis_url}?stream=tx&group=fraud&consumer=w1",
+        f"{redis_url}?hash=fraud:scores",
+        alerts=tmp_path / "alerts.db",
+        idle_timeout=1.0,
+    )
+    assert stats.read == stats.scored == 120
+    assert client.hlen("fraud:scores") == 120
+    value = json.loads(client.hget("fraud:scores", str(fraud_df["transaction_id"].iloc[0])))
+    assert 0.0 <= value["score"] <= 1.0 and value["customer_id"] == fraud_df["customer_id"].iloc[0]
