@@ -25,7 +25,7 @@ def test_prepare_sequences_are_the_cards_past(fraud_df: pd.DataFrame) -> None:
     np.testing.assert_allclose(seqs[:, -1, 0], np.log1p(fraud_df["amount"].to_numpy()), rtol=1e-6)
     assert (np.diff(seqs[:, :, present], axis=1) >= 0).all()
     # step k of a row's sequence is the card's k-th previous transaction
-    for card, group in fraud_df.groupby("customer_id"):
+    for _card, group in fraud_df.groupby("customer_id"):
         rows = group.index.to_numpy()  # fraud_df is sorted by time
         for j, row in enumerate(rows[:20]):
             n_real = int(seqs[row, :, present].sum())
