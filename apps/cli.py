@@ -215,6 +215,53 @@ def bench_retrieval(
         print(json.dumps(data, indent=2))
 
 
+@bench_app.command("fraud")
+def bench_fraud(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Handbook folder or transactions file (default: ../shared handbook, else simulated)."
+        ),
+    ] = None,
+    n_batch: Annotated[int, typer.Option(help="Transactions in the batch-throughput run.")] = 200_000,
+    n_stream: Annotated[int, typer.Option(help="Transactions streamed through Redis Streams.")] = 2_000,
+    rate: Annotated[float, typer.Option(help="Stream producer rate, transactions/s.")] = 500.0,
+    quality: Annotated[bool, typer.Option(help="Train ours and the baselines on the same split.")] = True,
+    quality_rows: Annotated[int | None, typer.Option(help="Rows for the quality run (default: all).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of the quality run (default: the config's).")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model folder (default: the shipped one).")
+    ] = None,
+) -> None:
+    """Batch tx/s end to end, stream latency through Redis Streams, quality vs LR/RF/xgboost."""
+    from apps.bench import fraud
+
+    try:
+        with console.status("benchmarking fraud") as status:
+            report = fraud.run(
+                data=data,
+                n_batch=n_batch,
+                n_stream=n_stream,
+                stream_rate=rate,
+                quality=quality,
+                quality_rows=quality_rows,
+                epochs=epochs,
+                model_dir=model,
+                json_path=json_path,
+                progress=status.update,
+            )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+    _print_results(report)
+    if json_path is not None:
+        console.print(f"report written to {json_path}")
+    else:
+        print(json.dumps(report, indent=2))
+
+
 @bench_app.command("table")
 def bench_table(
     path: Annotated[Path, typer.Argument(help="A report written by fathom bench <area> --json.")],

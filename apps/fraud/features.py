@@ -36,8 +36,9 @@ import pandas as pd
 
 DAY = 86_400.0
 WINDOWS_DAYS = (1, 7, 30)
+SPANS = tuple(d * DAY for d in WINDOWS_DAYS)
 NIGHT_HOURS = (0.0, 6.0)  # [start, end) in hours UTC
-STATE_FORMAT = "fathom-fraud-feature-state/2"
+STATE_FORMAT = "fathom-fraud-feature-state/3"
 SEQ_LEN = 16  # transactions in a card's sequence, the scored one last
 MAX_GAP_HOURS = 30 * 24.0  # the gap before a card's first transaction, and the cap of every gap
 STEP_NAMES: tuple[str, ...] = (
@@ -168,58 +169,114 @@ def _as_tx(tx: Any) -> _Tx:
     )
 
 
-class _Window:
-    """Entries ``[time, value, flag]`` of the last ``span`` seconds, with running sums."""
+class _Card:
+    """One card's state: its last 30 days of ``(time, amount)`` and running sums per window.
 
-    __slots__ = ("span", "entries", "n", "total", "total_sq", "flags")
+    ``n[w]``/``total[w]`` cover the newest ``n[w]`` entries, those inside window ``w`` of
+    ``WINDOWS_DAYS`` (the 30-day window is the whole deque, expired from the left).
+    """
 
-    def __init__(self, span: float) -> None:
-        self.span = span
-        self.entries: deque[list[Any]] = deque()
-        self.n = 0
-        self.total = 0.0
+    __slots__ = ("entries", "n", "total", "total_sq", "last", "terminals", "seq")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, float]] = deque()
+        self.n = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
         self.total_sq = 0.0
-        self.flags = 0
+        self.last: float | None = None  # time of the card's last transaction
+        self.terminals: dict[str, float] = {}  # terminal -> last use (pruned beyond 64 entries)
+        self.seq: deque[tuple[float, ...]] = deque(maxlen=SEQ_LEN - 1)
 
-    def add(self, entry: list[Any]) -> None:
-        self.entries.append(entry)
-        self.n += 1
-        self.total += entry[1]
-        self.total_sq += entry[1] * entry[1]
-        self.flags += entry[2]
+    def expire(self, now: float) -> None:
+        entries, n, total = self.entries, self.n, self.total
+        if not entries:
+            return
+        for w in (0, 1):
+            k, cutoff = n[w], now - SPANS[w]
+            while k and entries[-k][0] < cutoff:
+                total[w] -= entries[-k][1]
+                k -= 1
+            if k != n[w]:
+                n[w] = k
+                if k == 0:  # reset so rounding residue never outlives the entries
+                    total[w] = 0.0
+        cutoff = now - SPANS[2]
+        if entries[0][0] < cutoff:
+            while entries and entries[0][0] < cutoff:
+                amount = entries.popleft()[1]
+                total[2] -= amount
+                self.total_sq -= amount * amount
+                n[2] -= 1
+            if n[2] == 0:
+                total[2] = self.total_sq = 0.0
 
-    def expire(self, horizon: float) -> None:
-        """Drop entries with time < ``horizon - span``."""
-        cutoff = horizon - self.span
-        while self.entries and self.entries[0][0] < cutoff:
-            old = self.entries.popleft()
-            self.n -= 1
-            self.total -= old[1]
-            self.total_sq -= old[1] * old[1]
-            self.flags -= old[2]
-        if self.n == 0:  # reset so rounding residue never outlives the entries
-            self.total = self.total_sq = 0.0
+    def add(self, t: float, amount: float) -> None:
+        self.entries.append((t, amount))
+        n, total = self.n, self.total
+        n[0] += 1
+        n[1] += 1
+        n[2] += 1
+        total[0] += amount
+        total[1] += amount
+        total[2] += amount
+        self.total_sq += amount * amount
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "entries": list(self.entries),
+            "entries": [list(e) for e in self.entries],
             "n": self.n,
             "total": self.total,
             "total_sq": self.total_sq,
+            "last": self.last,
+            "terminals": self.terminals,
+            "seq": [list(v) for v in self.seq],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _Card:
+        card = cls()
+        card.entries = deque((float(t), float(a)) for t, a in data["entries"])
+        card.n = [int(v) for v in data["n"]]
+        card.total = [float(v) for v in data["total"]]
+        card.total_sq = float(data["total_sq"])
+        card.last = None if data["last"] is None else float(data["last"])
+        card.terminals = {str(k): float(v) for k, v in data["terminals"].items()}
+        card.seq = deque((tuple(float(x) for x in v) for v in data["seq"]), maxlen=SEQ_LEN - 1)
+        return card
+
+
+class _Terminal:
+    """One terminal's transactions: ``pending`` (younger than the label delay) and ``matured``.
+
+    Entries are lists ``[time, fraud, transaction_id]`` shared with ``FeatureState._by_id``, so a
+    late label can flip ``fraud``. ``n[w]``/``flags[w]`` cover the newest ``n[w]`` matured entries,
+    those inside window ``w`` counted back from the maturity horizon (now - delay).
+    """
+
+    __slots__ = ("pending", "matured", "n", "flags")
+
+    def __init__(self) -> None:
+        self.pending: deque[list[Any]] = deque()
+        self.matured: deque[list[Any]] = deque()
+        self.n = [0, 0, 0]
+        self.flags = [0, 0, 0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pending": list(self.pending),
+            "matured": list(self.matured),
+            "n": self.n,
             "flags": self.flags,
         }
 
     @classmethod
-    def from_json(cls, span: float, data: Mapping[str, Any]) -> _Window:
-        window = cls(span)
-        window.entries = deque(list(e) for e in data["entries"])
-        window.n, window.total, window.total_sq, window.flags = (
-            int(data["n"]),
-            float(data["total"]),
-            float(data["total_sq"]),
-            int(data["flags"]),
-        )
-        return window
+    def from_json(cls, data: Mapping[str, Any]) -> _Terminal:
+        terminal = cls()
+        terminal.pending = deque([float(t), int(f), str(i)] for t, f, i in data["pending"])
+        terminal.matured = deque([float(t), int(f), str(i)] for t, f, i in data["matured"])
+        terminal.n = [int(v) for v in data["n"]]
+        terminal.flags = [int(v) for v in data["flags"]]
+        return terminal
 
 
 class FeatureState:
@@ -243,18 +300,10 @@ class FeatureState:
         self.label_delay_days = float(label_delay_days)
         self.min_std = float(min_std)
         self.now = -math.inf
-        # card -> 3 windows of [time, amount, 0]; card -> {terminal: last time} (30 days)
-        self._cards: dict[str, list[_Window]] = {}
-        self._card_terminals: dict[str, dict[str, float]] = {}
-        # terminal -> pending entries [time, 1, fraud, transaction_id] younger than the delay,
-        # and 3 windows of matured entries (same lists, so a late label can be applied).
-        self._pending: dict[str, deque[list[Any]]] = {}
-        self._terminals: dict[str, list[_Window]] = {}
-        self._by_id: dict[str, tuple[str, list[Any]]] = {}
+        self._cards: dict[str, _Card] = {}
+        self._terminals: dict[str, _Terminal] = {}
+        self._by_id: dict[str, tuple[str, list[Any]]] = {}  # transaction id -> (terminal, entry)
         self._matured: deque[tuple[float, str]] = deque()  # (time, transaction_id) for pruning _by_id
-        # card -> time of its last transaction; card -> its last SEQ_LEN - 1 step vectors
-        self._card_last: dict[str, float] = {}
-        self._card_seq: dict[str, deque[tuple[float, ...]]] = {}
 
     @property
     def delay(self) -> float:
@@ -269,44 +318,60 @@ class FeatureState:
             )
         self.now = tx.time
 
-    def _card_windows(self, card: str) -> list[_Window]:
-        windows = self._cards.get(card)
-        if windows is None:
-            windows = self._cards[card] = [_Window(d * DAY) for d in WINDOWS_DAYS]
-            self._card_terminals[card] = {}
-        for window in windows:
-            window.expire(self.now)
-        return windows
+    def _card(self, card: str) -> _Card:
+        state = self._cards.get(card)
+        if state is None:
+            state = self._cards[card] = _Card()
+        else:
+            state.expire(self.now)
+        return state
 
-    def _terminal_windows(self, terminal: str) -> list[_Window]:
-        windows = self._terminals.get(terminal)
-        if windows is None:
-            windows = self._terminals[terminal] = [_Window(d * DAY) for d in WINDOWS_DAYS]
-            self._pending[terminal] = deque()
+    def _terminal(self, terminal: str) -> _Terminal:
+        state = self._terminals.get(terminal)
+        if state is None:
+            state = self._terminals[terminal] = _Terminal()
+            return state
         mature_before = self.now - self.delay
-        pending = self._pending[terminal]
-        while pending and pending[0][0] < mature_before:
-            entry = pending.popleft()
-            for window in windows:
-                window.add(entry)
-            self._matured.append((entry[0], entry[3]))
-        for window in windows:
-            window.expire(mature_before)
+        pending, matured, n, flags = state.pending, state.matured, state.n, state.flags
+        if pending and pending[0][0] < mature_before:
+            log = self._matured
+            while pending and pending[0][0] < mature_before:
+                entry = pending.popleft()
+                matured.append(entry)
+                fraud = entry[1]
+                n[0] += 1
+                n[1] += 1
+                n[2] += 1
+                flags[0] += fraud
+                flags[1] += fraud
+                flags[2] += fraud
+                log.append((entry[0], entry[2]))
+        if matured:
+            for w in (0, 1):
+                k, cutoff = n[w], mature_before - SPANS[w]
+                while k and matured[-k][0] < cutoff:
+                    flags[w] -= matured[-k][1]
+                    k -= 1
+                n[w] = k
+            cutoff = mature_before - SPANS[2]
+            while matured and matured[0][0] < cutoff:
+                flags[2] -= matured.popleft()[1]
+                n[2] -= 1
         # forget ids whose entries left every window: their late labels can no longer count
-        forget_before = mature_before - WINDOWS_DAYS[-1] * DAY
-        while self._matured and self._matured[0][0] < forget_before:
-            self._by_id.pop(self._matured.popleft()[1], None)
-        return windows
+        log, cutoff = self._matured, mature_before - SPANS[2]
+        while log and log[0][0] < cutoff:
+            self._by_id.pop(log.popleft()[1], None)
+        return state
 
     # --- the engine on primitives (one code path for score, update and the batch loop) ------------
     def _step_vector(self, t: float, card: str, terminal: str, amount: float) -> tuple[float, ...]:
         """One element of the card's sequence (``STEP_NAMES``), from the past and ``tx`` itself."""
-        last = self._card_last.get(card)
+        state = self._cards.get(card)
+        last = None if state is None else state.last
         gap_hours = MAX_GAP_HOURS if last is None else min((t - last) / 3600.0, MAX_GAP_HOURS)
-        seen = self._card_terminals.get(card, {}).get(terminal)
-        new_terminal = 0.0 if seen is not None and seen >= t - WINDOWS_DAYS[-1] * DAY else 1.0
-        hour = (t % DAY) / 3600.0
-        angle = 2 * math.pi * hour / 24
+        seen = None if state is None else state.terminals.get(terminal)
+        new_terminal = 0.0 if seen is not None and seen >= t - SPANS[2] else 1.0
+        angle = 2 * math.pi * ((t % DAY) / 3600.0) / 24
         return (
             math.log1p(amount),
             math.log1p(gap_hours),
@@ -317,26 +382,38 @@ class FeatureState:
         )
 
     def _score_raw(self, t: float, card: str, terminal: str, amount: float) -> list[float]:
-        cwin = self._card_windows(card)
-        twin = self._terminal_windows(terminal)
-        out = [amount]
-        for window in cwin:
-            out += [float(window.n), window.total / window.n if window.n else 0.0]
-        month = cwin[-1]
-        if month.n >= 2:
-            mean = month.total / month.n
-            var = max(month.total_sq / month.n - mean * mean, 0.0)
+        c = self._card(card)
+        m = self._terminal(terminal)
+        n, total = c.n, c.total
+        out = [
+            amount,
+            float(n[0]),
+            total[0] / n[0] if n[0] else 0.0,
+            float(n[1]),
+            total[1] / n[1] if n[1] else 0.0,
+            float(n[2]),
+            total[2] / n[2] if n[2] else 0.0,
+        ]
+        if n[2] >= 2:
+            mean = total[2] / n[2]
+            var = max(c.total_sq / n[2] - mean * mean, 0.0)
             z = (amount - mean) / max(math.sqrt(var), self.min_std)
         else:
             z = 0.0
-        seen = self._card_terminals[card].get(terminal)
-        out += [z, 0.0 if seen is not None and seen >= t - WINDOWS_DAYS[-1] * DAY else 1.0]
-        for window in twin:
-            out += [float(window.n), window.flags / window.n if window.n else 0.0]
+        seen = c.terminals.get(terminal)
+        tn, tf = m.n, m.flags
         hour = (t % DAY) / 3600.0
         weekday = (int(t // DAY) + 3) % 7  # 1970-01-01 was a Thursday
         angle = 2 * math.pi * hour / 24
         out += [
+            z,
+            0.0 if seen is not None and seen >= t - SPANS[2] else 1.0,
+            float(tn[0]),
+            tf[0] / tn[0] if tn[0] else 0.0,
+            float(tn[1]),
+            tf[1] / tn[1] if tn[1] else 0.0,
+            float(tn[2]),
+            tf[2] / tn[2] if tn[2] else 0.0,
             math.sin(angle),
             math.cos(angle),
             float(weekday),
@@ -357,26 +434,21 @@ class FeatureState:
         *,
         fresh: bool = False,
     ) -> None:
-        """Add a transaction; ``fresh``: the card's and terminal's windows were expired at ``t`` already."""
-        cwin = self._cards[card] if fresh else self._card_windows(card)
-        for window in cwin:
-            window.add([t, amount, 0])
-        seen = self._card_terminals[card]
+        """Add a transaction; ``fresh``: the card's and terminal's state were brought to ``t`` already."""
+        c = self._cards[card] if fresh else self._card(card)
+        c.add(t, amount)
+        seen = c.terminals
         seen[terminal] = t
         if len(seen) > 64:  # keep the map small: drop terminals not used for 30 days
-            horizon = self.now - WINDOWS_DAYS[-1] * DAY
+            horizon = self.now - SPANS[2]
             for key in [k for k, v in seen.items() if v < horizon]:
                 del seen[key]
-        if not fresh:
-            self._terminal_windows(terminal)
-        entry = [t, 1.0, int(bool(label)), tid]
-        self._pending[terminal].append(entry)
+        c.last = t
+        c.seq.append(step)
+        m = self._terminals[terminal] if fresh else self._terminal(terminal)
+        entry = [t, 1 if label else 0, tid]
+        m.pending.append(entry)
         self._by_id[tid] = (terminal, entry)
-        self._card_last[card] = t
-        history = self._card_seq.get(card)
-        if history is None:
-            history = self._card_seq[card] = deque(maxlen=SEQ_LEN - 1)
-        history.append(step)
 
     def step(
         self, tid: str, t: float, card: str, terminal: str, amount: float, label: bool | None = None
@@ -397,7 +469,8 @@ class FeatureState:
 
     def sequence(self, card: str) -> list[tuple[float, ...]]:
         """The step vectors of the card's last ``SEQ_LEN - 1`` transactions, oldest first."""
-        return list(self._card_seq.get(str(card), ()))
+        state = self._cards.get(str(card))
+        return [] if state is None else list(state.seq)
 
     def graph_snapshot(self, at: float | None = None) -> GraphSnapshot:
         """The card-terminal graph from everything before ``at`` (seconds; default: now).
@@ -410,65 +483,63 @@ class FeatureState:
                 f"graph_snapshot at {_iso(at)} is earlier than the last transaction ({_iso(self.now)})"
             )
         self.now = at
-        horizon = at - WINDOWS_DAYS[-1] * DAY
+        horizon = at - SPANS[2]
         terminal_ids: list[str] = []
         x_terminal: list[list[float]] = []
         log1p = math.log1p
         for terminal in list(self._terminals):
-            windows = self._terminal_windows(terminal)
-            pending = len(self._pending[terminal])
-            if windows[-1].n == 0 and pending == 0:
+            m = self._terminal(terminal)
+            pending = len(m.pending)
+            n, flags = m.n, m.flags
+            if n[2] == 0 and pending == 0:
                 continue
             terminal_ids.append(terminal)
-            week, month = windows[1], windows[2]
             x_terminal.append(
                 [
-                    log1p(week.n),
-                    log1p(month.n),
-                    week.flags / week.n if week.n else 0.0,
-                    month.flags / month.n if month.n else 0.0,
+                    log1p(n[1]),
+                    log1p(n[2]),
+                    flags[1] / n[1] if n[1] else 0.0,
+                    flags[2] / n[2] if n[2] else 0.0,
                     log1p(pending),
                     0.0,  # cards, filled below
                 ]
             )
-        terminal_index = {t: i for i, t in enumerate(terminal_ids)}
         card_ids: list[str] = []
         x_card: list[list[float]] = []
-        src: list[int] = []
-        dst: list[int] = []
-        age: list[float] = []
-        degree = [0] * len(terminal_ids)
+        used_terminals: list[str] = []
+        used_last: list[float] = []
+        counts: list[int] = []
         for card in list(self._cards):
-            windows = self._card_windows(card)
-            day, week, month = windows
-            if month.n == 0:
+            c = self._card(card)
+            n, total = c.n, c.total
+            if n[2] == 0:
                 continue
-            row = len(card_ids)
-            used = 0
-            for terminal, last in self._card_terminals[card].items():
-                j = terminal_index.get(terminal)
-                if j is None or last < horizon:
-                    continue
-                src.append(row)
-                dst.append(j)
-                age.append((at - last) / (WINDOWS_DAYS[-1] * DAY))
-                degree[j] += 1
-                used += 1
-            mean = month.total / month.n
-            std = math.sqrt(max(month.total_sq / month.n - mean * mean, 0.0))
             card_ids.append(card)
+            used_terminals.extend(c.terminals.keys())
+            used_last.extend(c.terminals.values())
+            counts.append(len(c.terminals))
+            mean = total[2] / n[2]
+            std = math.sqrt(max(c.total_sq / n[2] - mean * mean, 0.0))
             x_card.append(
                 [
-                    log1p(day.n),
-                    log1p(week.n),
-                    log1p(month.n),
-                    log1p(week.total / week.n) if week.n else 0.0,
+                    log1p(n[0]),
+                    log1p(n[1]),
+                    log1p(n[2]),
+                    log1p(total[1] / n[1]) if n[1] else 0.0,
                     log1p(mean),
                     log1p(std),
-                    log1p(used),
+                    0.0,  # terminals used, filled below
                 ]
             )
-        for j, d in enumerate(degree):
+        # edges: every (card, terminal) pair used in the last 30 days, in card order
+        src = np.repeat(np.arange(len(card_ids), dtype=np.int64), counts)
+        dst = pd.Index(terminal_ids, dtype=object).get_indexer(pd.Index(used_terminals, dtype=object))
+        last = np.asarray(used_last, dtype=np.float64)
+        keep = (dst >= 0) & (last >= horizon)
+        src, dst, last = src[keep], dst[keep].astype(np.int64), last[keep]
+        for i, used in enumerate(np.bincount(src, minlength=len(card_ids)).tolist()):
+            x_card[i][-1] = log1p(used)
+        for j, d in enumerate(np.bincount(dst, minlength=len(terminal_ids)).tolist()):
             x_terminal[j][-1] = log1p(d)
         zero_card = [[0.0] * len(CARD_NODE_NAMES)]
         zero_terminal = [[0.0] * len(TERMINAL_NODE_NAMES)]
@@ -478,8 +549,8 @@ class FeatureState:
             terminal_ids=terminal_ids,
             x_card=np.asarray(x_card + zero_card, dtype=np.float32),
             x_terminal=np.asarray(x_terminal + zero_terminal, dtype=np.float32),
-            edge_index=np.asarray([src, dst], dtype=np.int64).reshape(2, len(src)),
-            edge_attr=np.asarray(age, dtype=np.float32).reshape(-1, 1),
+            edge_index=np.stack([src, dst]).astype(np.int64).reshape(2, len(src)),
+            edge_attr=((at - last) / SPANS[2]).astype(np.float32).reshape(-1, 1),
         )
 
     # --- public API ------------------------------------------------------------------------------
@@ -530,11 +601,16 @@ class FeatureState:
             return False
         terminal, entry = found
         new = int(bool(label))
-        delta, entry[2] = new - entry[2], new
+        delta, entry[1] = new - entry[1], new
         if delta:
-            for window in self._terminals[terminal]:
-                if any(e is entry for e in window.entries):
-                    window.flags += delta
+            m = self._terminals[terminal]
+            matured = m.matured
+            for back in range(1, len(matured) + 1):  # position from the newest end
+                if matured[-back] is entry:
+                    for w in (0, 1, 2):
+                        if back <= m.n[w]:
+                            m.flags[w] += delta
+                    break
         return True
 
     # --- persistence -------------------------------------------------------------------------------
@@ -545,50 +621,30 @@ class FeatureState:
             "label_delay_days": self.label_delay_days,
             "min_std": self.min_std,
             "now": None if self.now == -math.inf else self.now,
-            "cards": {k: [w.to_json() for w in v] for k, v in self._cards.items()},
-            "card_terminals": self._card_terminals,
-            "terminals": {k: [w.to_json() for w in v] for k, v in self._terminals.items()},
-            "pending": {k: list(v) for k, v in self._pending.items()},
+            "cards": {k: v.to_json() for k, v in self._cards.items()},
+            "terminals": {k: v.to_json() for k, v in self._terminals.items()},
             "matured": [list(m) for m in self._matured],
-            "card_last": self._card_last,
-            "card_seq": {k: [list(v) for v in q] for k, q in self._card_seq.items()},
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeatureState:
-        """Rebuild a state from ``to_json`` output; entries shared between windows stay shared."""
+        """Rebuild a state from ``to_json`` output; entries shared with the id map stay shared."""
         if data.get("format") != STATE_FORMAT:
             raise ValueError(
                 f"not a feature state: format is {data.get('format')!r}, expected {STATE_FORMAT!r}"
             )
         state = cls(data["label_delay_days"], data["min_std"])
         state.now = -math.inf if data["now"] is None else float(data["now"])
-        spans = [d * DAY for d in WINDOWS_DAYS]
-        state._cards = {
-            k: [_Window.from_json(s, w) for s, w in zip(spans, v, strict=True)]
-            for k, v in data["cards"].items()
-        }
-        state._card_terminals = {k: dict(v) for k, v in data["card_terminals"].items()}
-        state._terminals = {
-            k: [_Window.from_json(s, w) for s, w in zip(spans, v, strict=True)]
-            for k, v in data["terminals"].items()
-        }
-        state._pending = {k: deque(list(e) for e in v) for k, v in data["pending"].items()}
+        state._cards = {k: _Card.from_json(v) for k, v in data["cards"].items()}
+        state._terminals = {k: _Terminal.from_json(v) for k, v in data["terminals"].items()}
         state._matured = deque((float(t), str(i)) for t, i in data["matured"])
-        state._card_last = {k: float(v) for k, v in data["card_last"].items()}
-        state._card_seq = {
-            k: deque((tuple(float(x) for x in v) for v in q), maxlen=SEQ_LEN - 1)
-            for k, q in data["card_seq"].items()
-        }
-        # re-link: one list object per transaction across the pending queue and the windows
-        for terminal, windows in state._terminals.items():
-            canon: dict[str, list[Any]] = {}
-            for window in windows:
-                window.entries = deque(canon.setdefault(e[3], e) for e in window.entries)
-            for entry in state._pending[terminal]:
-                canon[entry[3]] = entry
-            for tid, entry in canon.items():
-                state._by_id[tid] = (terminal, entry)
+        known = {tid for _, tid in state._matured}  # matured ids not yet forgotten
+        for terminal, m in state._terminals.items():
+            for entry in m.matured:
+                if entry[2] in known:
+                    state._by_id[entry[2]] = (terminal, entry)
+            for entry in m.pending:
+                state._by_id[entry[2]] = (terminal, entry)
         return state
 
     def save(self, path: str | Path) -> Path:
@@ -710,7 +766,8 @@ def prepare(
         card = cards[i]
         if card not in first_of_card:
             first_of_card[card] = int(i)
-            history = state._card_seq.get(card)
+            known = state._cards.get(card)
+            history = None if known is None else known.seq
             if history:
                 seed_span[card] = (len(seeds), len(history))
                 seeds.extend(history)

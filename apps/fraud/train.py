@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from apps.fraud.evaluate import BASELINES, fit_baselines, metrics, quality_table, split_windows
-from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState, prepare
+from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState, Prepared, prepare
 from apps.fraud.model import FraudModelConfig, FraudNet, GraphTensors, load_rows, score_prepared
 from core.config import ConfigMixin, models_dir
 from core.training import TrainConfig, Trainer, load_checkpoint, read_card, save_checkpoint
@@ -139,6 +139,7 @@ def train(
     data_files: Mapping[str, str] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    prepared: Prepared | None = None,
 ) -> TrainReport:
     """Train ``FraudNet`` on labelled canonical transactions; save it to ``out_dir`` when given.
 
@@ -147,6 +148,8 @@ def train(
         until: ignore transactions after this day (YYYY-MM-DD, inclusive, UTC).
         data_files: file -> sha256 for the model card.
         on_epoch: called with each epoch's history row; progress: with rows prepared.
+        prepared: ``features.prepare(df, snapshots=True)`` already run on ``df`` (after ``until``)
+            with a fresh state of ``label_delay_days``, to share one pass between runs.
 
     Raises:
         ValueError: no labels, one class only, or too few days for the windows.
@@ -160,8 +163,11 @@ def train(
         df = df[pd.to_datetime(df["timestamp"], utc=True) < end]
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    state = FeatureState(label_delay_days=cfg.label_delay_days)
-    prepared = prepare(df, state, snapshots=mcfg.use_graph, progress=progress)
+    if prepared is None:
+        state = FeatureState(label_delay_days=cfg.label_delay_days)
+        prepared = prepare(df, state, snapshots=mcfg.use_graph, progress=progress)
+    elif len(prepared) != len(df):
+        raise ValueError(f"prepared has {len(prepared)} rows but the data has {len(df)}")
     seconds["prepare"] = round(time.perf_counter() - start, 2)
     labels = df["label"].astype(bool).to_numpy()
     train_mask, val_mask = split_windows(
