@@ -300,11 +300,20 @@ def stream_command(
         float | None, typer.Option(help="Stop after this many idle seconds (default: never for servers).")
     ] = None,
     max_messages: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    threads: Annotated[
+        int, typer.Option(help="Torch threads (1: a transaction is a batch of one; scale with consumers).")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's counts as JSON.")] = False,
 ) -> None:
     """Real-time scoring: a transaction stream -> scores + alerts (at-least-once, dead letters)."""
+    import torch
+
     from apps.fraud.service import FraudScorer, stream
     from connectors.streams import StreamError
+
+    if threads < 1:
+        _fail(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
     try:
         scorer = FraudScorer.load(model, threshold=threshold, state_path=state)

@@ -26,7 +26,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,9 @@ class FraudScorer:
         threshold: alert at ``score >= threshold``; default the card's ``alert_threshold`` or 0.5.
         state: the feature engine's state to continue from (a fresh one by default).
         explain: attach explanations to alerts (streaming) and to alert rows (batch).
+        max_lateness_s: streaming only: a transaction up to this many seconds older than the last
+            one seen (e.g. from another partition) is scored as if it happened at that last time;
+            an older one is refused (``ValueError``; the stream consumer dead-letters it).
     """
 
     def __init__(
@@ -100,7 +103,11 @@ class FraudScorer:
         threshold: float | None = None,
         state: FeatureState | None = None,
         explain: bool = True,
+        max_lateness_s: float = 300.0,
     ) -> None:
+        if not (math.isfinite(max_lateness_s) and max_lateness_s >= 0):
+            raise ValueError(f"max_lateness_s must be a finite number >= 0, got {max_lateness_s}")
+        self.max_lateness_s = float(max_lateness_s)
         self.model = model.eval()
         self.card = dict(card or {})
         chosen = threshold if threshold is not None else self.card.get("alert_threshold", DEFAULT_THRESHOLD)
@@ -126,11 +133,14 @@ class FraudScorer:
         threshold: float | None = None,
         state_path: str | Path | None = None,
         explain: bool = True,
+        max_lateness_s: float = 300.0,
     ) -> FraudScorer:
         """The model in ``model_dir`` (default: the shipped one) with a fresh or saved state."""
         model, card = load_model(model_dir if model_dir is not None else default_model_dir())
         state = FeatureState.load(state_path) if state_path and Path(state_path).exists() else None
-        return cls(model, card, threshold=threshold, state=state, explain=explain)
+        return cls(
+            model, card, threshold=threshold, state=state, explain=explain, max_lateness_s=max_lateness_s
+        )
 
     # --- batch ---------------------------------------------------------------------------------------
     def prepare(
@@ -243,8 +253,11 @@ class FraudScorer:
             seen = self._recent.get(t.transaction_id)
             if seen is not None:
                 return Scored(**{**seen.__dict__, "repeated": True})
+            stamp = t.time
             if t.time < self.state.now:
-                self.state._advance(t)  # raises, naming the transaction and the last time seen
+                if self.state.now - t.time > self.max_lateness_s:
+                    self.state._advance(t)  # raises, naming the transaction and the last time seen
+                t = replace(t, time=self.state.now)  # slightly late: placed at the last time seen
             self._refresh_graph(t.time)
             previous = self.state.sequence(t.customer_id)
             features, step = self.state.step(
@@ -274,7 +287,7 @@ class FraudScorer:
                 customer_id=t.customer_id,
                 terminal_id=t.terminal_id,
                 amount=t.amount,
-                timestamp=datetime.fromtimestamp(t.time, UTC).isoformat(),
+                timestamp=datetime.fromtimestamp(stamp, UTC).isoformat(),
                 explanation=explanation,
             )
             self._recent[t.transaction_id] = result

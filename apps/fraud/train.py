@@ -55,6 +55,8 @@ class FraudTrainConfig(ConfigMixin):
         neg_rate: fraction of genuine transactions sampled per day and epoch (class imbalance);
             the model's ``logit_offset`` is set to ``log(neg_rate)`` so scores stay probabilities.
         pos_weight: weight of frauds in the loss, on top of the sampling.
+        day_splits: optimiser steps per training day and epoch (the day's sample in that many
+            parts, the day graph embedded for each).
         epochs, lr, weight_decay, patience, precision, seed, device: see ``TrainConfig``;
             the monitored metric is validation average precision.
         baselines: also fit ``evaluate.BASELINES`` on the same rows and report them.
@@ -68,6 +70,7 @@ class FraudTrainConfig(ConfigMixin):
     label_delay_days: float = 7.0
     neg_rate: float = 0.2
     pos_weight: float = 1.0
+    day_splits: int = 1
     epochs: int = 12
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -85,6 +88,8 @@ class FraudTrainConfig(ConfigMixin):
         for name in ("warmup_days", "delay_days"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.day_splits < 1:
+            raise ValueError(f"day_splits must be >= 1, got {self.day_splits}")
         if self.val_days < 1:
             raise ValueError(f"val_days must be >= 1, got {self.val_days}")
 
@@ -108,9 +113,9 @@ class TrainReport:
 
 
 def _day_batches(
-    prepared, train_rows: np.ndarray, labels: np.ndarray, neg_rate: float, seed: int
+    prepared, train_rows: np.ndarray, labels: np.ndarray, neg_rate: float, seed: int, splits: int = 1
 ) -> Callable[[int], list[tuple[int, np.ndarray]]]:
-    """``batches(epoch)``: one ``(snapshot, rows)`` per training day, frauds + sampled genuine."""
+    """``batches(epoch)``: ``splits`` ``(snapshot, rows)`` per training day, frauds + sampled genuine."""
     days = (
         prepared.snapshot[train_rows] if prepared.snapshots else np.floor(prepared.times[train_rows] / 86400)
     )
@@ -122,7 +127,8 @@ def _day_batches(
         for d, rows in groups:
             keep = labels[rows] | (rng.random(len(rows)) < neg_rate)
             if keep.any():
-                out.append((d, rows[keep]))
+                chosen = rng.permutation(rows[keep])
+                out += [(d, part) for part in np.array_split(chosen, splits) if len(part)]
         order = rng.permutation(len(out))
         return [out[i] for i in order]
 
@@ -211,7 +217,7 @@ def train(
         scores = score_prepared(net, prepared, val_rows, device=device)
         return metrics(labels[val_rows], scores, prepared.times[val_rows], cards[val_rows])
 
-    batches = _day_batches(prepared, train_rows, labels, cfg.neg_rate, cfg.seed)
+    batches = _day_batches(prepared, train_rows, labels, cfg.neg_rate, cfg.seed, cfg.day_splits)
     trainer = Trainer(
         model,
         TrainConfig(

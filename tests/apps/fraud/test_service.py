@@ -114,3 +114,43 @@ def test_stream_from_redis(fraud_df, tiny_model_dir, redis_url, tmp_path) -> Non
     assert client.hlen("fraud:scores") == 120
     value = json.loads(client.hget("fraud:scores", str(fraud_df["transaction_id"].iloc[0])))
     assert 0.0 <= value["score"] <= 1.0 and value["customer_id"] == fraud_df["customer_id"].iloc[0]
+
+
+def test_slightly_late_transactions_are_scored(fraud_df, tiny_model_dir) -> None:
+    """A transaction a little older than the last one (another partition) is scored, not refused."""
+    scorer = FraudScorer.load(tiny_model_dir, explain=False, max_lateness_s=120)
+    rows = _records(fraud_df.iloc[:20])
+    scorer.score_one(rows[10])
+    late = dict(rows[11])
+    late["timestamp"] = (fraud_df["timestamp"].iloc[10] - pd.Timedelta(seconds=60)).isoformat()
+    result = scorer.score_one(late)
+    assert result.timestamp == late["timestamp"] and 0.0 <= result.score <= 1.0
+    too_late = dict(rows[12])
+    too_late["timestamp"] = (fraud_df["timestamp"].iloc[10] - pd.Timedelta(seconds=600)).isoformat()
+    with pytest.raises(ValueError, match="earlier than the last one seen"):
+        scorer.score_one(too_late)
+
+
+@pytest.mark.integration
+def test_stream_from_kafka(fraud_df, tiny_model_dir, tmp_path) -> None:
+    """librdkafka's mock cluster. One key, so one partition: the scorer sees the records in time order."""
+    ck = pytest.importorskip("confluent_kafka")
+
+    host = ck.Producer({"test.mock.num.brokers": 1, "log_level": 3})
+    bootstrap = ",".join(f"{b.host}:{b.port}" for b in host.list_topics(timeout=10).brokers.values())
+    producer = ck.Producer({"bootstrap.servers": bootstrap})
+    for row in _records(fraud_df.iloc[:80]):
+        producer.produce("tx", key=b"bank-1", value=json.dumps(row, default=str).encode())
+    assert producer.flush(10) == 0
+    scorer = FraudScorer.load(tiny_model_dir, threshold=0.0, explain=False)
+    stats = stream(
+        scorer,
+        f"kafka://{bootstrap}?topic=tx&group=fraud&session.timeout.ms=6000",
+        f"sqlite:///{tmp_path / 'scores.db'}",
+        alerts=tmp_path / "alerts.db",
+        idle_timeout=30.0,  # joining the consumer group takes seconds
+        max_messages=80,
+    )
+    assert stats.read == stats.scored == 80 and stats.dead_lettered == 0
+    assert AlertStore.open(tmp_path / "alerts.db").count() == 80
+    host.flush(5)
