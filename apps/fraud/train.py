@@ -70,8 +70,8 @@ class FraudTrainConfig(ConfigMixin):
     label_delay_days: float = 7.0
     neg_rate: float = 0.2
     pos_weight: float = 1.0
-    day_splits: int = 1
-    epochs: int = 12
+    day_splits: int = 2
+    epochs: int = 24
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 3
