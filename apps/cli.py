@@ -228,6 +228,10 @@ def bench_fraud(
     n_stream: Annotated[int, typer.Option(help="Transactions streamed through Redis Streams.")] = 2_000,
     rate: Annotated[float, typer.Option(help="Stream producer rate, transactions/s.")] = 500.0,
     quality: Annotated[bool, typer.Option(help="Train ours and the baselines on the same split.")] = True,
+    quality_from: Annotated[
+        Path | None,
+        typer.Option(help="Report the quality table `fathom fraud train` recorded in this model folder."),
+    ] = None,
     quality_rows: Annotated[int | None, typer.Option(help="Rows for the quality run (default: all).")] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Epochs of the quality run (default: the config's).")
@@ -247,6 +251,7 @@ def bench_fraud(
                 n_stream=n_stream,
                 stream_rate=rate,
                 quality=quality,
+                quality_from=quality_from,
                 quality_rows=quality_rows,
                 epochs=epochs,
                 model_dir=model,

@@ -69,6 +69,7 @@ from apps.fraud.service import FraudScorer, stream
 from apps.fraud.simulate import simulate
 from apps.fraud.train import FraudTrainConfig, default_model_dir, load_model, train
 from connectors.streams.schema import parse_transaction
+from core.training import read_card
 
 HANDBOOK = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fraud-handbook"
 BATCH_TARGET = 20_000.0  # transactions/s
@@ -119,6 +120,7 @@ def run(
     stream_warmup: int = 100,
     batch_repeats: int = 3,
     quality: bool = True,
+    quality_from: str | Path | None = None,
     quality_rows: int | None = None,
     epochs: int | None = None,
     train_config: FraudTrainConfig | None = None,
@@ -141,6 +143,9 @@ def run(
         stream_warmup: first results left out of the streaming latency.
         batch_repeats: timed batch runs (after one untimed warm-up); the median is reported.
         quality: train ours and the baselines and compare them.
+        quality_from: instead of training here, report the table ``fathom fraud train`` recorded
+            in this model folder's card (ours and the baselines, trained in that run on the same
+            split); its folder is also the model timed, unless ``model_dir`` says otherwise.
         quality_rows: first rows of the data the quality section trains on (default all of it).
         epochs: override ``train_config.epochs`` (quality and the fallback model).
         train_config, model_config: of the quality training (default: the shipped defaults).
@@ -173,7 +178,11 @@ def run(
     with tempfile.TemporaryDirectory(prefix="fathom-bench-fraud-") as tmp:
         work = Path(tmp)
         trained_dir: Path | None = None
-        if quality:
+        if quality_from is not None:
+            say(f"quality: the table recorded in {quality_from}")
+            quality_from_card(report, quality_from)
+            model_dir = model_dir if model_dir is not None else quality_from
+        elif quality:
             say("quality: training ours and the baselines on the same split")
             trained_dir = bench_quality(report, _frame(source, quality_rows, seed), cfg, model_config, work)
         model, card, how = _model(model_dir, trained_dir, source, train_days, cfg, model_config, seed, work)
@@ -487,6 +496,42 @@ def _ping(port: int) -> bool:
 
 
 # -- quality -----------------------------------------------------------------------------------------------
+def quality_from_card(report: Report, folder: str | Path) -> None:
+    """Rows and quality targets from the model card ``fathom fraud train`` wrote (same split, same run).
+
+    Raises:
+        FileNotFoundError: no model card there. ValueError: the card has no baseline figures.
+    """
+    card = read_card(folder)
+    metrics = card.get("metrics", {})
+    ours, baselines = metrics.get("val"), metrics.get("baselines")
+    if not ours or not baselines:
+        raise ValueError(
+            f"{folder}: the model card has no validation or baseline metrics (train with baselines)"
+        )
+    window = card.get("data_window", ["?", "?"])
+    case = (
+        f"quality/recorded by fathom fraud train ({card.get('code_version')}), data {window[0][:10]}.."
+        f"{window[1][:10]}, validation {card['config']['train']['val_days']} days ({card.get('n_val')} tx)"
+    )
+    for row in quality_table(ours, baselines):
+        figures = {k: (None if row[k] is None else round(float(row[k]), 4)) for k in QUALITY_KEYS}
+        report.add_result(case, row["impl"], **figures)
+    report.settings["quality_seconds"] = card.get("seconds")
+    report.settings["quality_train"] = {
+        "epochs": card["config"]["train"]["epochs"],
+        "best_epoch": metrics.get("best_epoch"),
+        "n_train": card.get("n_train"),
+        "n_val": card.get("n_val"),
+        "from": str(folder),
+    }
+    for name, key in ((AP_TARGET_NAME, "average_precision"), (CP_TARGET_NAME, "card_precision_at_100")):
+        best = max(float(m[key]) for m in baselines.values())
+        value = float(ours[key])
+        report.add_target(name, round(value, 4), round(best, 4), "higher")
+        report.targets[-1]["met"] = bool(value > best)  # strictly above the best baseline
+
+
 def bench_quality(
     report: Report,
     df: pd.DataFrame,

@@ -107,3 +107,30 @@ def test_arguments_are_checked() -> None:
         fraud.run(n_batch=100, n_stream=100, quality=False)
     with pytest.raises(ValueError, match="stream_rate"):
         fraud.run(n_batch=100, n_stream=10, stream_rate=0, quality=False)
+
+
+def test_quality_from_a_training_runs_card(tx_csv: Path, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``quality_from`` reports the table ``fathom fraud train`` recorded, without training again."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    ours = card["metrics"]["val"]
+    card["metrics"]["baselines"] = {
+        "logistic_regression": {**ours, "average_precision": 0.01, "card_precision_at_100": 0.01},
+        "random_forest": {**ours, "average_precision": 0.02, "card_precision_at_100": 2.0},
+        "xgboost": {**ours, "average_precision": 0.03, "card_precision_at_100": 0.03},
+    }
+    (folder / "model_card.json").write_text(json.dumps(card))
+    data = fraud.run(data=tx_csv, n_batch=300, n_stream=0, batch_repeats=1, quality_from=folder)
+    validate_report(data)
+    assert data["environment"]["model"] == str(folder)
+    rows = {r["impl"] for r in data["results"] if r["case"].startswith("quality/recorded")}
+    assert rows == {"fathom", "logistic_regression", "random_forest", "xgboost"}
+    targets = {t["name"]: t for t in data["targets"]}
+    ap = next(t for name, t in targets.items() if "average precision" in name)
+    cp = next(t for name, t in targets.items() if "card precision" in name)
+    assert ap["target"] == 0.03 and ap["met"] == (ours["average_precision"] > 0.03)
+    assert cp["target"] == 2.0 and cp["met"] is False
+    (folder / "model_card.json").write_text(json.dumps({**card, "metrics": {"val": ours}}))
+    with pytest.raises(ValueError, match="no validation or baseline metrics"):
+        fraud.run(data=tx_csv, n_batch=300, n_stream=0, batch_repeats=1, quality_from=folder)
