@@ -177,20 +177,38 @@ class FraudScorer:
             (default: the scorer's ``explain``) an ``explanation`` column (JSON text) for alert rows.
 
         Args:
-            engine: ``"local"`` scores in-process in chunks of ``chunk`` rows; ``"ray"`` runs the same
-                model over the chunks as Ray Data tasks (``ray_score``). The feature pass is one
-                sequential pass in time order either way: each row's features depend on all rows
-                before it.
+            engine: ``"local"``: in-process, pipelined: the feature pass runs over chunks of whole
+                days (at least ``chunk`` rows each, in time order) while a worker thread runs the
+                model on the chunk before (torch releases the GIL). ``"ray"``: one feature pass,
+                then the model over chunks as Ray Data tasks (``ray_score``). The feature pass is
+                sequential either way: each row's features depend on all rows before it.
         """
         if engine not in ("local", "ray"):
             raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        prepared = self.prepare(df, history=history, progress=progress)
+        parts: list[tuple[np.ndarray, Prepared]] = []
+        scores = np.empty(len(df), dtype=np.float32)
         if engine == "ray":
-            scores = ray_score(self.model, prepared, chunk=chunk)
+            prepared = self.prepare(df, history=history, progress=progress)
+            scores[:] = ray_score(self.model, prepared, chunk=chunk)
+            parts.append((np.arange(len(df)), prepared))
         else:
-            scores = score_prepared(self.model, prepared, chunk=chunk)
+            from concurrent.futures import ThreadPoolExecutor
+
+            done = 0
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-model") as pool:
+                pending = []
+                for rows in _day_chunks(df, chunk):
+                    part = df.iloc[rows]
+                    prepared = self.prepare(part, history=history if not parts else None)
+                    parts.append((rows, prepared))
+                    pending.append((rows, pool.submit(score_prepared, self.model, prepared, chunk=chunk)))
+                    done += len(rows)
+                    if progress is not None:
+                        progress(done)
+                for rows, future in pending:
+                    scores[rows] = future.result()
         out = pd.DataFrame(
             {
                 "transaction_id": df["transaction_id"].astype(str).to_numpy(),
@@ -207,10 +225,12 @@ class FraudScorer:
         if "label" in df.columns:
             out["label"] = df["label"].to_numpy()
         if self.explain if explain_alerts is None else explain_alerts:
-            rows = np.flatnonzero(out["alert"].to_numpy())
-            texts = [None] * len(out)
-            for row, explanation in zip(rows, self._explain_rows(prepared, rows), strict=True):
-                texts[row] = json.dumps(explanation)
+            alert = out["alert"].to_numpy()
+            texts: list[str | None] = [None] * len(out)
+            for rows, prepared in parts:
+                local = np.flatnonzero(alert[rows])
+                for i, explanation in zip(local, self._explain_rows(prepared, local), strict=True):
+                    texts[rows[i]] = json.dumps(explanation)
             out["explanation"] = texts
         return out
 
@@ -329,6 +349,21 @@ class FraudScorer:
     def save_state(self, path: str | Path) -> Path:
         with self._lock:
             return self.state.save(path)
+
+
+def _day_chunks(df: pd.DataFrame, chunk: int) -> list[np.ndarray]:
+    """Row positions of ``df`` in time order (stable), cut at UTC day boundaries every >= ``chunk`` rows."""
+    if len(df) == 0:
+        return []
+    times = pd.to_datetime(df["timestamp"], utc=True).dt.as_unit("us").astype("int64").to_numpy() / 1e6
+    order = np.argsort(times, kind="stable")
+    days = np.floor(times[order] / DAY)
+    cuts = [0]
+    for start in (np.flatnonzero(np.diff(days)) + 1).tolist():
+        if start - cuts[-1] >= chunk:
+            cuts.append(start)
+    cuts.append(len(df))
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def ray_score(model: FraudNet, prepared: Prepared, *, chunk: int = 32_768) -> np.ndarray:
