@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -176,9 +177,10 @@ class _Card:
     ``WINDOWS_DAYS`` (the 30-day window is the whole deque, expired from the left).
     """
 
-    __slots__ = ("entries", "n", "total", "total_sq", "last", "terminals", "seq")
+    __slots__ = ("entries", "n", "total", "total_sq", "last", "terminals", "seq", "next_change")
 
     def __init__(self) -> None:
+        self.next_change = math.inf  # no window changes while the clock is at or before this
         self.entries: deque[tuple[float, float]] = deque()
         self.n = [0, 0, 0]
         self.total = [0.0, 0.0, 0.0]
@@ -187,10 +189,23 @@ class _Card:
         self.terminals: dict[str, float] = {}  # terminal -> last use (pruned beyond 64 entries)
         self.seq: deque[tuple[float, ...]] = deque(maxlen=SEQ_LEN - 1)
 
-    def expire(self, now: float) -> None:
-        entries, n, total = self.entries, self.n, self.total
+    def reschedule(self) -> None:
+        """``next_change``: the earliest clock at which an entry leaves a window."""
+        entries, n = self.entries, self.n
         if not entries:
+            self.next_change = math.inf
             return
+        nearest = entries[0][0] + SPANS[2]
+        if n[0]:
+            nearest = min(nearest, entries[-n[0]][0] + SPANS[0])
+        if n[1]:
+            nearest = min(nearest, entries[-n[1]][0] + SPANS[1])
+        self.next_change = nearest
+
+    def expire(self, now: float) -> None:
+        if now <= self.next_change:
+            return
+        entries, n, total = self.entries, self.n, self.total
         for w in (0, 1):
             k, cutoff = n[w], now - SPANS[w]
             while k and entries[-k][0] < cutoff:
@@ -209,8 +224,11 @@ class _Card:
                 n[2] -= 1
             if n[2] == 0:
                 total[2] = self.total_sq = 0.0
+        self.reschedule()
 
     def add(self, t: float, amount: float) -> None:
+        if t + SPANS[0] < self.next_change:
+            self.next_change = t + SPANS[0]
         self.entries.append((t, amount))
         n, total = self.n, self.total
         n[0] += 1
@@ -242,6 +260,7 @@ class _Card:
         card.last = None if data["last"] is None else float(data["last"])
         card.terminals = {str(k): float(v) for k, v in data["terminals"].items()}
         card.seq = deque((tuple(float(x) for x in v) for v in data["seq"]), maxlen=SEQ_LEN - 1)
+        card.reschedule()
         return card
 
 
@@ -253,9 +272,10 @@ class _Terminal:
     those inside window ``w`` counted back from the maturity horizon (now - delay).
     """
 
-    __slots__ = ("pending", "matured", "n", "flags")
+    __slots__ = ("pending", "matured", "n", "flags", "next_change")
 
     def __init__(self) -> None:
+        self.next_change = math.inf  # nothing matures or expires while now - delay is at or before this
         self.pending: deque[list[Any]] = deque()
         self.matured: deque[list[Any]] = deque()
         self.n = [0, 0, 0]
@@ -276,7 +296,20 @@ class _Terminal:
         terminal.matured = deque([float(t), int(f), str(i)] for t, f, i in data["matured"])
         terminal.n = [int(v) for v in data["n"]]
         terminal.flags = [int(v) for v in data["flags"]]
+        terminal.reschedule()
         return terminal
+
+    def reschedule(self) -> None:
+        """``next_change`` in maturity-horizon time: the earliest ``now - delay`` that changes anything."""
+        matured, n = self.matured, self.n
+        nearest = self.pending[0][0] if self.pending else math.inf
+        if matured:
+            nearest = min(nearest, matured[0][0] + SPANS[2])
+            if n[0]:
+                nearest = min(nearest, matured[-n[0]][0] + SPANS[0])
+            if n[1]:
+                nearest = min(nearest, matured[-n[1]][0] + SPANS[1])
+        self.next_change = nearest
 
 
 class FeatureState:
@@ -332,6 +365,12 @@ class FeatureState:
             state = self._terminals[terminal] = _Terminal()
             return state
         mature_before = self.now - self.delay
+        # forget ids whose entries left every window: their late labels can no longer count
+        log, cutoff = self._matured, mature_before - SPANS[2]
+        while log and log[0][0] < cutoff:
+            self._by_id.pop(log.popleft()[1], None)
+        if mature_before <= state.next_change:
+            return state
         pending, matured, n, flags = state.pending, state.matured, state.n, state.flags
         if pending and pending[0][0] < mature_before:
             log = self._matured
@@ -357,31 +396,25 @@ class FeatureState:
             while matured and matured[0][0] < cutoff:
                 flags[2] -= matured.popleft()[1]
                 n[2] -= 1
-        # forget ids whose entries left every window: their late labels can no longer count
-        log, cutoff = self._matured, mature_before - SPANS[2]
-        while log and log[0][0] < cutoff:
-            self._by_id.pop(log.popleft()[1], None)
+        state.reschedule()
         return state
 
     # --- the engine on primitives (one code path for score, update and the batch loop) ------------
-    def _step_vector(self, t: float, card: str, terminal: str, amount: float) -> tuple[float, ...]:
+    @staticmethod
+    def _step_vector(t: float, c: _Card, terminal: str, amount: float) -> tuple[float, ...]:
         """One element of the card's sequence (``STEP_NAMES``), from the past and ``tx`` itself."""
-        state = self._cards.get(card)
-        last = None if state is None else state.last
+        last = c.last
         gap_hours = MAX_GAP_HOURS if last is None else min((t - last) / 3600.0, MAX_GAP_HOURS)
-        seen = None if state is None else state.terminals.get(terminal)
+        seen = c.terminals.get(terminal)
         new_terminal = 0.0 if seen is not None and seen >= t - SPANS[2] else 1.0
         angle = 2 * math.pi * ((t % DAY) / 3600.0) / 24
-        return (
-            math.log1p(amount),
-            math.log1p(gap_hours),
-            math.sin(angle),
-            math.cos(angle),
-            new_terminal,
-            1.0,
-        )
+        log_amount, log_gap = math.log1p(amount), math.log1p(gap_hours)
+        return (log_amount, log_gap, math.sin(angle), math.cos(angle), new_terminal, 1.0)
 
-    def _score_raw(self, t: float, card: str, terminal: str, amount: float) -> list[float]:
+    def _score_raw(
+        self, t: float, card: str, terminal: str, amount: float
+    ) -> tuple[list[float], _Card, _Terminal]:
+        """Features of a transaction at ``t`` (the clock is there already); its card and terminal state."""
         c = self._card(card)
         m = self._terminal(terminal)
         n, total = c.n, c.total
@@ -420,22 +453,20 @@ class FeatureState:
             float(weekday >= 5),
             float(NIGHT_HOURS[0] <= hour < NIGHT_HOURS[1]),
         ]
-        return out
+        return out, c, m
 
     def _update_raw(
         self,
         tid: str,
         t: float,
-        card: str,
+        c: _Card,
+        m: _Terminal,
         terminal: str,
         amount: float,
         label: bool | None,
         step: tuple[float, ...],
-        *,
-        fresh: bool = False,
     ) -> None:
-        """Add a transaction; ``fresh``: the card's and terminal's state were brought to ``t`` already."""
-        c = self._cards[card] if fresh else self._card(card)
+        """Add a transaction to its card's and terminal's state (both brought to ``t`` already)."""
         c.add(t, amount)
         seen = c.terminals
         seen[terminal] = t
@@ -445,8 +476,9 @@ class FeatureState:
                 del seen[key]
         c.last = t
         c.seq.append(step)
-        m = self._terminals[terminal] if fresh else self._terminal(terminal)
         entry = [t, 1 if label else 0, tid]
+        if t < m.next_change:
+            m.next_change = t
         m.pending.append(entry)
         self._by_id[tid] = (terminal, entry)
 
@@ -462,9 +494,9 @@ class FeatureState:
         if t < self.now:
             self._advance(_Tx(tid, t, card, terminal, amount, label))  # raises, naming the transaction
         self.now = t
-        features = self._score_raw(t, card, terminal, amount)
-        vector = self._step_vector(t, card, terminal, amount)
-        self._update_raw(tid, t, card, terminal, amount, label, vector, fresh=True)
+        features, c, m = self._score_raw(t, card, terminal, amount)
+        vector = self._step_vector(t, c, terminal, amount)
+        self._update_raw(tid, t, c, m, terminal, amount, label, vector)
         return features, vector
 
     def sequence(self, card: str) -> list[tuple[float, ...]]:
@@ -566,12 +598,13 @@ class FeatureState:
         """
         t = _as_tx(tx)
         self._advance(t)
-        return self._score_raw(t.time, t.customer_id, t.terminal_id, t.amount)
+        return self._score_raw(t.time, t.customer_id, t.terminal_id, t.amount)[0]
 
     def step_vector(self, tx: Any) -> tuple[float, ...]:
         """The sequence element ``tx`` adds to its card (``STEP_NAMES``); call before ``update``."""
         t = _as_tx(tx)
-        return self._step_vector(t.time, t.customer_id, t.terminal_id, t.amount)
+        c = self._cards.get(t.customer_id) or _Card()
+        return self._step_vector(t.time, c, t.terminal_id, t.amount)
 
     def update(self, tx: Any) -> None:
         """Add ``tx`` (with its label, if it has one) to the state.
@@ -581,8 +614,9 @@ class FeatureState:
         """
         t = _as_tx(tx)
         self._advance(t)
-        vector = self._step_vector(t.time, t.customer_id, t.terminal_id, t.amount)
-        self._update_raw(t.transaction_id, t.time, t.customer_id, t.terminal_id, t.amount, t.label, vector)
+        c, m = self._card(t.customer_id), self._terminal(t.terminal_id)
+        vector = self._step_vector(t.time, c, t.terminal_id, t.amount)
+        self._update_raw(t.transaction_id, t.time, c, m, t.terminal_id, t.amount, t.label, vector)
 
     def score_and_update(self, tx: Any) -> list[float]:
         """``score(tx)`` then ``update(tx)``: the streaming step."""
@@ -754,8 +788,9 @@ def prepare(
             f"transaction {ids[row]}: amount must be finite and >= 0, got {df['amount'].iat[row]}"
         )
     if "label" in df.columns:
-        raw = df["label"].to_numpy(dtype=object)
-        labels = [None if pd.isna(v) else bool(v) for v in raw]
+        missing = df["label"].isna().to_numpy().tolist()
+        known = df["label"].where(df["label"].notna(), False).astype(bool).to_numpy().tolist()
+        labels = [None if m else v for m, v in zip(missing, known, strict=True)]
     else:
         labels = [None] * n
     # seeds: each card's sequence so far, from the state (empty for a fresh state)
@@ -771,30 +806,36 @@ def prepare(
             if history:
                 seed_span[card] = (len(seeds), len(history))
                 seeds.extend(history)
-    feats: list[list[float]] = [[]] * n
-    steps: list[tuple[float, ...]] = [()] * n
-    snap_of = np.full(n, -1, dtype=np.int32)
-    card_node = np.zeros(n, dtype=np.int64)
-    terminal_node = np.zeros(n, dtype=np.int64)
+    feature_buffer = array("d")  # rows in processing (time) order
+    step_buffer = array("d")
     graphs: list[GraphSnapshot] = []
     day_end = -math.inf
     snap: GraphSnapshot | None = None
     step = state.step
-    for k, i in enumerate(order):
-        t = float(times[i])
+    times_l, ids_l, cards_l, terminals_l = times.tolist(), ids.tolist(), cards.tolist(), terminals.tolist()
+    amounts_l = amounts.tolist()
+    snap_l, card_l, terminal_l = [-1] * n, [0] * n, [0] * n
+    for k, i in enumerate(order.tolist()):
+        t = times_l[i]
         if snapshots and t >= day_end:
             day_start = math.floor(t / DAY) * DAY
             day_end = day_start + DAY
             # the graph as of the day's start; resuming a state mid-day: as of the resume
             snap = state.graph_snapshot(max(day_start, state.now))
             graphs.append(snap)
-        feats[i], steps[i] = step(ids[i], t, cards[i], terminals[i], float(amounts[i]), labels[i])
+        card, terminal = cards_l[i], terminals_l[i]
+        row_features, row_step = step(ids_l[i], t, card, terminal, amounts_l[i], labels[i])
+        feature_buffer.extend(row_features)
+        step_buffer.extend(row_step)
         if snap is not None:
-            snap_of[i] = len(graphs) - 1
-            card_node[i] = snap.card_index.get(cards[i], snap.unseen_card)
-            terminal_node[i] = snap.terminal_index.get(terminals[i], snap.unseen_terminal)
+            snap_l[i] = len(graphs) - 1
+            card_l[i] = snap.card_index.get(card, snap.unseen_card)
+            terminal_l[i] = snap.terminal_index.get(terminal, snap.unseen_terminal)
         if progress is not None and (k + 1) % 10_000 == 0:
             progress(k + 1)
+    snap_of = np.asarray(snap_l, dtype=np.int32)
+    card_node = np.asarray(card_l, dtype=np.int64)
+    terminal_node = np.asarray(terminal_l, dtype=np.int64)
     if progress is not None:
         progress(n)
     # sequences: the card's rows in time order, preceded by its seed, in a sliding window
@@ -803,7 +844,8 @@ def prepare(
     if n_seed:
         table[1 : 1 + n_seed] = np.asarray(seeds, dtype=np.float32)
     if n:
-        table[1 + n_seed :] = np.asarray(steps, dtype=np.float32)
+        in_order = np.frombuffer(step_buffer, dtype=np.float64).reshape(n, len(STEP_NAMES))
+        table[1 + n_seed + order] = in_order.astype(np.float32)
     codes, uniques = pd.factorize(cards[order])
     by_card = np.argsort(codes, kind="stable")  # positions in ``order``, grouped by card, in time order
     rows_sorted = order[by_card]
@@ -825,7 +867,8 @@ def prepare(
         index[from_seed] = (1 + seed_start[:, None] + k_seed)[from_seed]
     seq_index = np.zeros((n, SEQ_LEN), dtype=np.int32)
     seq_index[rows_sorted] = index
-    features = np.asarray(feats, dtype=np.float64).reshape(n, len(FEATURE_NAMES))
+    features = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
+    features[order] = np.frombuffer(feature_buffer, dtype=np.float64).reshape(n, len(FEATURE_NAMES))
     return Prepared(features, table, seq_index, snap_of, card_node, terminal_node, graphs, times)
 
 
