@@ -8,8 +8,8 @@ Three sections, in one run:
     from a fresh feature state. One untimed warm-up, then the median of ``batch_repeats`` runs. The
     split per stage: ``load`` (CSV -> canonical frame), ``features+graph`` (``scorer.prepare``, summed
     over the chunks: the sequential feature pass and the day graphs) and ``model`` (the rest of
-    ``score_frame``: the model's time that is not hidden behind the feature pass, which runs while a
-    worker thread scores the previous chunk, and the output frame). Data: the first ``n_batch`` rows of the
+    ``score_frame``: the model over each chunk of days after its feature pass, and the output
+    frame). Data: the first ``n_batch`` rows of the
     handbook (``../shared/data/fraud-handbook``) when present, else ``simulate``.
 ``stream``
     Latency per transaction through Redis Streams. A throwaway ``redis-server`` (no persistence) is

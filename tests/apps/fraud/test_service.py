@@ -156,7 +156,7 @@ def test_stream_from_kafka(fraud_df, tiny_model_dir, tmp_path) -> None:
     host.flush(5)
 
 
-def test_pipelined_chunks_match_one_pass(fraud_df, tiny_model_dir) -> None:
+def test_day_chunks_match_one_pass(fraud_df, tiny_model_dir) -> None:
     """Chunks cut at day boundaries give the one-pass scores (same graphs, same sequences)."""
     one = FraudScorer.load(tiny_model_dir, explain=False).score_frame(fraud_df, chunk=10**6)
     chunked = FraudScorer.load(tiny_model_dir, explain=False).score_frame(fraud_df, chunk=200)
