@@ -1,1 +1,7 @@
-"""Fraud app: card-transaction data (handbook loader, simulator), the shared feature engine, CLI."""
+"""Fraud app: card transactions scored by an LSTM + graph attention model, in batches and streams.
+
+Rooms: ``data`` (handbook and transaction-file loaders), ``amlsim`` (AMLSim account graph),
+``simulate`` (the project's own transactions), ``features`` (the one feature engine), ``model``,
+``train``, ``evaluate`` (handbook protocol, baselines), ``service`` (batch and streaming scorer),
+``alerts`` (case queue), ``explain``, ``api``, ``ui``, ``cli`` (``fathom fraud``).
+"""

@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-fraud_app = typer.Typer(help="Fraud: simulated transactions, features, scoring.", no_args_is_help=True)
+fraud_app = typer.Typer(
+    help="Fraud: train, evaluate, batch and stream scoring, simulated transactions.", no_args_is_help=True
+)
 
 OUT_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
@@ -21,7 +23,7 @@ def _fail(message: str) -> None:
 
 @fraud_app.callback()
 def _main() -> None:
-    """Fraud: simulated transactions, features, scoring."""
+    """Fraud: train, evaluate, batch and stream scoring, simulated transactions."""
 
 
 @fraud_app.command("simulate")
