@@ -1,4 +1,4 @@
-"""``fathom nodule``: the nodule commands (phantoms)."""
+"""``fathom nodule``: the nodule commands (phantoms, deid)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,39 @@ def phantoms_command(
     (out / "index.json").write_text(json.dumps({"seed": seed, "size": size, "phantoms": index}, indent=2))
     total = sum(item["n_nodules"] for item in index)
     print(f"wrote {n} phantom series with {total} nodules to {out} (index.json lists them)")
+
+
+@nodule_app.command("deid")
+def deid_command(
+    source: Annotated[Path, typer.Argument(help="A DICOM file or a folder of DICOM files.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write (a file for a file, a folder for a folder).")
+    ],
+    uid_root: Annotated[
+        str, typer.Option(help="Root of the new UIDs (2.25: no registration needed).")
+    ] = "2.25",
+    date_shift_days: Annotated[
+        int | None, typer.Option(help="Shift every date by this many days instead of removing dates.")
+    ] = None,
+    keep_private: Annotated[
+        bool, typer.Option(help="Keep private attributes (they often hold PHI).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the written files as JSON.")] = False,
+) -> None:
+    """De-identify DICOM (PS3.15 basic profile) before it leaves the hospital (salt: $FATHOM_DEID_SALT)."""
+    from connectors.dicom.deid import DeidConfig, Deidentifier
+    from connectors.dicom.reader import DicomError
+
+    if not source.exists():
+        _fail(f"{source} does not exist")
+    try:
+        deid = Deidentifier(
+            DeidConfig(uid_root=uid_root, keep_private=keep_private, date_shift_days=date_shift_days)
+        )
+        written = deid.folder(source, out) if source.is_dir() else [deid.file(source, out)]
+    except (DicomError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0])
+    if as_json:
+        print(json.dumps({"written": [str(p) for p in written]}))
+        return
+    print(f"de-identified {len(written)} file(s) into {out}")
