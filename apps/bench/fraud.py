@@ -62,9 +62,9 @@ import pandas as pd
 import torch
 
 from apps.bench.common import Report
+from apps.fraud.batch import prepare
 from apps.fraud.data import load_handbook, load_transactions
 from apps.fraud.evaluate import quality_table
-from apps.fraud.features import prepare
 from apps.fraud.model import FraudModelConfig
 from apps.fraud.service import FraudScorer, stream
 from apps.fraud.simulate import simulate

@@ -24,7 +24,7 @@ Column names are matched case-insensitively. Usage::
     graph.accounts.shape, int(graph.accounts["label"].sum())   # (20000, 4), 1804
     data = graph.to_pyg()             # HeteroData: "account" nodes, "transfers" + "rev_transfers"
     df = graph.to_transactions()      # canonical transactions (apps.fraud.data.CANONICAL)
-    features = batch_features(df)     # apps.fraud.features runs on it unchanged
+    features = batch_features(df)     # apps.fraud.batch runs on it unchanged
 """
 
 from __future__ import annotations

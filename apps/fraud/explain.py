@@ -33,14 +33,9 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients
 
-from apps.fraud.features import (
-    FEATURE_NAMES,
-    SEQ_LEN,
-    STEP_NAMES,
-    TERMINAL_NODE_NAMES,
-    GraphSnapshot,
-    Prepared,
-)
+from apps.fraud.batch import Prepared
+from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES
+from apps.fraud.graph import TERMINAL_NODE_NAMES, GraphSnapshot
 from apps.fraud.model import FraudNet, GraphTensors, load_rows
 
 RISK_30D = TERMINAL_NODE_NAMES.index("risk_30d")

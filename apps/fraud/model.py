@@ -31,14 +31,8 @@ import torch
 from torch import nn
 from torch_geometric.nn import GATConv
 
-from apps.fraud.features import (
-    CARD_NODE_NAMES,
-    FEATURE_NAMES,
-    SEQ_LEN,
-    STEP_NAMES,
-    TERMINAL_NODE_NAMES,
-    GraphSnapshot,
-)
+from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES
+from apps.fraud.graph import CARD_NODE_NAMES, TERMINAL_NODE_NAMES, GraphSnapshot
 from core.config import ConfigMixin
 
 # features that are counts or amounts: log1p before standardising

@@ -3,7 +3,7 @@
 ``FraudScorer`` holds the model and the feature engine's state, and scores transactions the
 same way in every mode:
 
-- batch (``score_frame``): a DataFrame through ``features.prepare`` (one pass in time order,
+- batch (``score_frame``): a DataFrame through ``batch.prepare`` (one pass in time order,
   day graphs included) and the model in chunks; earlier transactions in ``history`` only build
   the state (features, sequences, graph) and are not scored;
 - streaming (``score_one`` / ``score_many``): one transaction at a time from the live state; the
@@ -36,7 +36,8 @@ import pandas as pd
 import torch
 
 from apps.fraud.alerts import Alert, AlertStore
-from apps.fraud.features import DAY, SEQ_LEN, STEP_NAMES, FeatureState, Prepared, _as_tx, prepare
+from apps.fraud.batch import Prepared, prepare
+from apps.fraud.features import DAY, SEQ_LEN, STEP_NAMES, FeatureState, _as_tx
 from apps.fraud.model import FraudNet, GraphTensors, score_prepared
 from apps.fraud.train import default_model_dir, load_model
 

@@ -1,6 +1,6 @@
 """Training the fraud model (``fathom fraud train``) and loading the shipped one.
 
-The engine (``apps.fraud.features.prepare``) runs once over the whole file in time order; the
+The engine (``apps.fraud.batch.prepare``) runs once over the whole file in time order; the
 rows are split by ``evaluate.split_windows`` into a training window and a validation window
 after a delay (the handbook's protocol, so validation looks like deployment: the labels of the
 last ``delay_days`` before it are not known). Each optimiser step is one training day: that
@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from apps.fraud.batch import Prepared, prepare
 from apps.fraud.evaluate import BASELINES, fit_baselines, metrics, quality_table, split_windows
-from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState, Prepared, prepare
+from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState
 from apps.fraud.model import FraudModelConfig, FraudNet, GraphTensors, load_rows, score_prepared
 from core.config import ConfigMixin, models_dir
 from core.training import TrainConfig, Trainer, load_checkpoint, read_card, save_checkpoint
@@ -154,7 +155,7 @@ def train(
         until: ignore transactions after this day (YYYY-MM-DD, inclusive, UTC).
         data_files: file -> sha256 for the model card.
         on_epoch: called with each epoch's history row; progress: with rows prepared.
-        prepared: ``features.prepare(df, snapshots=True)`` already run on ``df`` (after ``until``)
+        prepared: ``batch.prepare(df, snapshots=True)`` already run on ``df`` (after ``until``)
             with a fresh state of ``label_delay_days``, to share one pass between runs.
 
     Raises:

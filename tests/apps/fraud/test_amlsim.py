@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from apps.fraud.amlsim import EDGE_TYPE, NODE_TYPE, REV_EDGE_TYPE, load_amlsim
+from apps.fraud.batch import batch_features
 from apps.fraud.data import CANONICAL
-from apps.fraud.features import batch_features
 
 AMLSIM = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "amlsim-sample"
 

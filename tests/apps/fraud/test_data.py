@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from apps.fraud.batch import batch_features
 from apps.fraud.data import CANONICAL, load_handbook
-from apps.fraud.features import batch_features
 from connectors.streams.schema import parse_transaction
 
 HEADER = (

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from apps.fraud.batch import prepare
 from apps.fraud.explain import attributions, explain_rows, graph_neighbours, summary
-from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, TERMINAL_NODE_NAMES, prepare
+from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES
+from apps.fraud.graph import TERMINAL_NODE_NAMES
 from apps.fraud.model import FraudModelConfig, FraudNet, GraphTensors, load_rows
 from apps.fraud.simulate import simulate
 

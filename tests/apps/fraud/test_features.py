@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apps.fraud.features import FEATURE_NAMES, FeatureState, batch_features
+from apps.fraud.batch import batch_features
+from apps.fraud.features import FEATURE_NAMES, FeatureState
 from apps.fraud.simulate import simulate
 from connectors.streams.schema import parse_transaction
 

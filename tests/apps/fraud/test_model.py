@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from apps.fraud.batch import prepare
 from apps.fraud.evaluate import card_precision_at_k, metrics, split_windows
-from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState, prepare
+from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState
 from apps.fraud.model import FraudModelConfig, FraudNet, GraphTensors, score_prepared
 from apps.fraud.train import FraudTrainConfig, alert_threshold, load_model, train
 from core.training import read_card
