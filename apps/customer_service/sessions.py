@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import redis
@@ -33,17 +32,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
     func,
     select,
 )
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.pool import StaticPool
 
 from apps.customer_service.dialog import (
     MAX_LABEL,
@@ -53,6 +47,7 @@ from apps.customer_service.dialog import (
     validate_session_id,
 )
 from core.config import cache_dir
+from core.sql import sql_engine
 
 REDIS_KEY_PREFIX = "fathom:cs:session:"
 REDIS_INDEX_KEY = "fathom:cs:sessions"  # sorted set: session id -> time of the last save
@@ -143,51 +138,6 @@ class _TurnRow(_Base):
     handoff: Mapped[str | None] = mapped_column(Text)
 
 
-def _sql_engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError as err:
-        raise ValueError(f"not a database URL: {err}") from err
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database or ""
-        memory = database in ("", ":memory:") or database.startswith("file::memory:")
-        if not memory:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            parsed,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            **({"poolclass": StaticPool} if memory else {}),
-        )
-
-        # pysqlite's own transaction handling begins lazily and would let two writers both read
-        # before either writes; take the write lock at BEGIN instead (SQLAlchemy's documented recipe).
-        @event.listens_for(engine, "connect")
-        def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-            if not memory:
-                # WAL: readers do not block the writer; synchronous=NORMAL syncs at checkpoints rather
-                # than at every commit (a committed turn survives a crash of the process; an OS crash
-                # can lose the last few), which takes ~15 ms off every answer on this machine's disk.
-                dbapi_connection.execute("PRAGMA journal_mode=WAL")
-                dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if backend == "postgresql":
-        try:
-            return create_engine(parsed, pool_pre_ping=True)
-        except ModuleNotFoundError as err:
-            raise ImportError(
-                f"the PostgreSQL session store needs the driver {err.name!r}: install it, or name an "
-                "installed one in the URL (e.g. postgresql+psycopg://)"
-            ) from err
-    raise ValueError(f"SQLSessionStore supports sqlite and postgresql URLs, got {backend!r}")
-
-
 class SQLSessionStore:
     """Sessions in a SQL database through SQLAlchemy 2: SQLite by default, PostgreSQL by the same models.
 
@@ -204,7 +154,9 @@ class SQLSessionStore:
     """
 
     def __init__(self, url: str) -> None:
-        self._engine = _sql_engine(url)
+        self._engine = sql_engine(
+            url, store="session store", owner="SQLSessionStore", begin="BEGIN IMMEDIATE"
+        )
         self._ready = False
         self._ready_lock = threading.Lock()
 

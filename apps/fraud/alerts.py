@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Index, MetaData, create_engine, event, func, select, update
+from sqlalchemy import Index, MetaData, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import JSON, Date, DateTime, Float, String, Text, TypeDecorator
+
+from core.sql import sql_engine
 
 ALERT_STATUSES = ("open", "fraud", "legitimate")
 DECISIONS = ("fraud", "legitimate")
@@ -251,50 +251,6 @@ def _sql_url(url_or_path: str | Path) -> str:
     return text
 
 
-def _sql_engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError as err:
-        raise ValueError(f"not a database URL: {err}") from err
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database or ""
-        memory = database in ("", ":memory:") or database.startswith("file::memory:")
-        if not memory:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            parsed,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            **({"poolclass": StaticPool} if memory else {}),
-        )
-
-        # SQLAlchemy's documented recipe: let SQLAlchemy, not pysqlite, decide where transactions
-        # begin. A plain (deferred) BEGIN keeps readers off the write lock; every write here opens
-        # its transaction with the writing statement, so it waits on the busy timeout, not fails.
-        @event.listens_for(engine, "connect")
-        def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-            if not memory:
-                # WAL: the dashboard's reads do not block the stream consumer's writes.
-                dbapi_connection.execute("PRAGMA journal_mode=WAL")
-                dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-        @event.listens_for(engine, "begin")
-        def _begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN")
-
-        return engine
-    if backend == "postgresql":
-        try:
-            return create_engine(parsed, pool_pre_ping=True)
-        except ModuleNotFoundError as err:
-            raise ImportError(
-                f"the PostgreSQL alert store needs the driver {err.name!r}: install it, or name an "
-                "installed one in the URL (e.g. postgresql+psycopg://)"
-            ) from err
-    raise ValueError(f"AlertStore supports sqlite and postgresql URLs, got {backend!r}")
-
-
 # --- the store --------------------------------------------------------------------------------------------
 class AlertStore:
     """The alert queue in a SQL database (table ``fraud_alerts``, created on opening).
@@ -311,7 +267,7 @@ class AlertStore:
 
     def __init__(self, url: str | Path = "sqlite:///alerts.db") -> None:
         self.url = _sql_url(url)
-        self._engine = _sql_engine(self.url)
+        self._engine = sql_engine(self.url, store="alert store", owner="AlertStore")
         _Base.metadata.create_all(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 
