@@ -14,6 +14,12 @@ fraud_app = typer.Typer(
 )
 
 OUT_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+# options shared by evaluate, score and stream
+ModelOption = Annotated[Path | None, typer.Option("--model", help="Model folder (default: the shipped one).")]
+HistoryOption = Annotated[
+    Path | None, typer.Option("--history", help="Earlier transactions: features and graph only.")
+]
+ThresholdOption = Annotated[float | None, typer.Option(help="Alert threshold (default: the model card's).")]
 
 
 def _fail(message: str) -> None:
@@ -175,12 +181,8 @@ def _scorer(model: Path | None, threshold: float | None = None, explain: bool = 
 @fraud_app.command("evaluate")
 def evaluate_command(
     transactions: Annotated[Path, typer.Option("--transactions", help="Labelled transactions to score.")],
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Model folder (default: the shipped one).")
-    ] = None,
-    history: Annotated[
-        Path | None, typer.Option("--history", help="Earlier transactions: features and graph only.")
-    ] = None,
+    model: ModelOption = None,
+    history: HistoryOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """AUC-ROC, average precision and card precision@100 per day on labelled transactions."""
@@ -226,18 +228,12 @@ def score_command(
     ],
     out: Annotated[Path, typer.Option("--out", help="Scores file: .csv, .csv.gz or .parquet.")],
     engine: Annotated[str, typer.Option(help="local (in-process) or ray (Ray Data workers).")] = "local",
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Model folder (default: the shipped one).")
-    ] = None,
-    history: Annotated[
-        Path | None, typer.Option("--history", help="Earlier transactions: features and graph only.")
-    ] = None,
+    model: ModelOption = None,
+    history: HistoryOption = None,
     alerts: Annotated[
         str | None, typer.Option("--alerts", help="Alert store: SQLite path or SQLAlchemy URL.")
     ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Alert threshold (default: the model card's).")
-    ] = None,
+    threshold: ThresholdOption = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per model chunk.")] = 32_768,
 ) -> None:
     """Batch scoring: file -> features -> model -> scores file (and alerts)."""
@@ -289,15 +285,11 @@ def stream_command(
     dead_letters: Annotated[
         str | None, typer.Option("--dead-letters", help="Dead-letter URL (default: beside the sink).")
     ] = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Model folder (default: the shipped one).")
-    ] = None,
+    model: ModelOption = None,
     state: Annotated[
         Path | None, typer.Option("--state", help="Feature state JSON: loaded if present, saved at the end.")
     ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Alert threshold (default: the model card's).")
-    ] = None,
+    threshold: ThresholdOption = None,
     idle_timeout: Annotated[
         float | None, typer.Option(help="Stop after this many idle seconds (default: never for servers).")
     ] = None,
