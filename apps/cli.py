@@ -88,7 +88,7 @@ def _print_results(data: dict) -> None:
     table.add_column("note", max_width=60, no_wrap=True, overflow="ellipsis")
     for row in data["results"]:
         note = row.get("skipped", "")
-        for key in ("tflops", "dense_matmul_fraction", "expert_weight_gbps"):
+        for key in ("tflops", "dense_matmul_fraction", "expert_weight_gbps", "cpm", "dice", "n_nodules"):
             if key in row:
                 note += f"{key}={row[key]} "
         table.add_row(
@@ -255,6 +255,55 @@ def bench_fraud(
                 quality_rows=quality_rows,
                 epochs=epochs,
                 model_dir=model,
+                json_path=json_path,
+                progress=status.update,
+            )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+    _print_results(report)
+    if json_path is not None:
+        console.print(f"report written to {json_path}")
+    else:
+        print(json.dumps(report, indent=2))
+
+
+@bench_app.command("nodule")
+def bench_nodule(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model folder (default: the shipped one).")
+    ] = None,
+    student: Annotated[
+        Path | None, typer.Option(help="Student model folder (default: the shipped student).")
+    ] = None,
+    slices: Annotated[int, typer.Option(help="Slices of the speed study.")] = 300,
+    size: Annotated[int, typer.Option(help="Rows = columns of the speed study.")] = 512,
+    repeats: Annotated[int, typer.Option(help="Timed end-to-end runs per model.")] = 3,
+    phantoms: Annotated[int, typer.Option(help="Held-out phantoms for CPM and Dice.")] = 10,
+    phantom_size: Annotated[str, typer.Option(help="Size of the held-out phantoms.")] = "medium",
+    seed: Annotated[int, typer.Option(help="Seed of the study and the held-out phantoms.")] = 0,
+    speed: Annotated[bool, typer.Option(help="Time the end-to-end study.")] = True,
+    quality: Annotated[bool, typer.Option(help="Score CPM and Dice on held-out phantoms.")] = True,
+    baseline: Annotated[bool, typer.Option(help="Time the plain MONAI baselines too.")] = True,
+) -> None:
+    """Seconds per 512x512x300 CT end to end vs plain MONAI sliding-window inference; CPM and Dice."""
+    from apps.bench import nodule
+
+    try:
+        with console.status("benchmarking nodule") as status:
+            report = nodule.run(
+                device=device,
+                model_dir=model,
+                student_dir=student,
+                shape=(slices, size, size),
+                repeats=repeats,
+                n_phantoms=phantoms,
+                phantom_size=phantom_size,
+                seed=seed,
+                speed=speed,
+                quality=quality,
+                baseline=baseline,
                 json_path=json_path,
                 progress=status.update,
             )

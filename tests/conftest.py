@@ -75,3 +75,22 @@ def redis_url(_redis_server: str) -> str:
     finally:
         client.close()
     return _redis_server
+
+
+@pytest.fixture(scope="session")
+def _orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One throwaway Orthanc for the whole run (see tests/servers.py); stopping one takes seconds."""
+    from tests.servers import orthanc_binary, orthanc_server
+
+    if orthanc_binary() is None:
+        pytest.skip("needs Orthanc (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)")
+    with orthanc_server(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture
+def orthanc(_orthanc_server: object) -> object:
+    """A real Orthanc (``tests.servers.OrthancServer``: url, dicom_port, aet, dicomweb_url), shared by
+    the run: tests tell their data apart by UIDs (a new phantom seed per test). Skips when Orthanc is
+    not installed; mark such tests ``integration``."""
+    return _orthanc_server

@@ -7,18 +7,25 @@ answers, yields how to reach it, and stops it afterwards. A server that fails to
 
     with redis_server(tmp_path) as url:   # "redis://127.0.0.1:PORT/0"
         ...
+
+    with orthanc_server(tmp_path) as orthanc:   # .url, .dicom_port, .aet, .dicomweb_url
+        ...
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LOCALHOST = "127.0.0.1"
 
@@ -145,3 +152,144 @@ def redis_server(workdir: Path, *, binary: str = "redis-server", attempts: int =
         else:
             raise ServerError(f"{binary} did not start after {attempts} attempts: {last}")
         yield f"redis://{LOCALHOST}:{port}/0"
+
+
+ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+
+
+@dataclass(frozen=True)
+class OrthancServer:
+    """How to reach a running test Orthanc.
+
+    Args:
+        url: Its REST API, ``http://127.0.0.1:PORT``.
+        dicom_port: Its DICOM (DIMSE) port on 127.0.0.1.
+        aet: Its AE title.
+        dicomweb_url: The DICOMweb root (``<url>/dicom-web``), or None without the plugin.
+        storage: Its storage folder.
+    """
+
+    url: str
+    dicom_port: int
+    aet: str
+    dicomweb_url: str | None
+    storage: Path
+    host: str = LOCALHOST
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` (e.g. ``/series``) from the REST API and decode the JSON answer."""
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def add_modality(self, name: str, aet: str, port: int, host: str = LOCALHOST) -> None:
+        """Declare (or replace) a DICOM peer that Orthanc may C-MOVE and C-STORE to."""
+        body = json.dumps({"AET": aet, "Host": host, "Port": port}).encode()
+        request = urllib.request.Request(self.url + f"/modalities/{name}", data=body, method="PUT")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+
+def orthanc_binary(name: str = "Orthanc") -> str | None:
+    """Path of the Orthanc executable (Debian installs it in /usr/sbin, not always on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    fallback = Path("/usr/sbin") / name
+    return str(fallback) if fallback.is_file() else None
+
+
+def dicomweb_plugin() -> Path | None:
+    """The DICOMweb plugin library of the Debian package ``orthanc-dicomweb``, or None."""
+    for folder in ORTHANC_PLUGIN_DIRS:
+        hits = sorted(Path(folder).glob("libOrthancDicomWeb.so*"))
+        if hits:
+            return hits[0]
+    return None
+
+
+def orthanc_system(url: str) -> bool:
+    """Whether the Orthanc REST API at ``url`` answers ``/system``."""
+    try:
+        with urllib.request.urlopen(url + "/system", timeout=0.5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def orthanc_server(
+    workdir: Path,
+    *,
+    aet: str = "ORTHANC",
+    listeners: dict[str, tuple[str, int]] | None = None,
+    binary: str = "Orthanc",
+    attempts: int = 3,
+) -> Iterator[OrthancServer]:
+    """A throwaway Orthanc with its own storage, free HTTP and DICOM ports and DICOMweb when installed.
+
+    Orthanc 1.10 has no bind-address option and listens on all interfaces; remote access to its REST
+    API is off and tests talk to 127.0.0.1 only. Any calling AE may echo, store, find, move and get.
+
+    Args:
+        workdir: Folder for its config, log and storage (e.g. a pytest tmp path).
+        aet: Its AE title.
+        listeners: ``{name: (AE title, port)}`` of DICOM peers on 127.0.0.1 that it may C-MOVE and
+            C-STORE to (more can be added later with ``OrthancServer.add_modality``).
+        binary: The server executable.
+        attempts: Tries with new free ports, in case another process takes a port first.
+
+    Raises:
+        ServerError: The binary is missing or the server would not start.
+    """
+    exe = orthanc_binary(binary)
+    if exe is None:
+        raise ServerError(f"needs {binary} (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)")
+    plugin = dicomweb_plugin()
+    workdir.mkdir(parents=True, exist_ok=True)
+    last: ServerError | None = None
+    with ExitStack() as stack:
+        for attempt in range(attempts):
+            http_port, dicom_port = free_port(), free_port()
+            storage = workdir / f"orthanc-{http_port}"
+            config: dict[str, Any] = {
+                "Name": f"test-{http_port}",
+                "StorageDirectory": str(storage),
+                "IndexDirectory": str(storage),
+                "HttpPort": http_port,
+                "DicomPort": dicom_port,
+                "DicomAet": aet,
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "SslEnabled": False,
+                "DicomCheckCalledAet": False,
+                "DicomAlwaysAllowEcho": True,
+                "DicomAlwaysAllowStore": True,
+                "DicomAlwaysAllowFind": True,
+                "DicomAlwaysAllowMove": True,
+                "DicomAlwaysAllowGet": True,
+                "DicomModalities": {
+                    name: [ae, LOCALHOST, port] for name, (ae, port) in (listeners or {}).items()
+                },
+                "DicomModalitiesInDatabase": False,
+                "SaveJobs": False,
+                "StorageCompression": False,
+                "SyncStorageArea": False,
+                "Plugins": [str(plugin)] if plugin else [],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+            }
+            path = workdir / f"orthanc-{http_port}.json"
+            path.write_text(json.dumps(config, indent=2))
+            log = workdir / f"orthanc-{http_port}-{attempt}.log"
+            url = f"http://{LOCALHOST}:{http_port}"
+            try:
+                ready = functools.partial(orthanc_system, url)
+                # DCMTK inside Orthanc keeps Nagle's algorithm on unless TCP_NODELAY=1: ~50 ms per C-STORE
+                args = ["env", "TCP_NODELAY=1", exe, str(path)]
+                stack.enter_context(running_process(args, log=log, ready=ready, timeout=30))
+                break
+            except ServerError as err:
+                last = err
+        else:
+            raise ServerError(f"{binary} did not start after {attempts} attempts: {last}")
+        dicomweb = f"{url}/dicom-web" if plugin else None
+        yield OrthancServer(url=url, dicom_port=dicom_port, aet=aet, dicomweb_url=dicomweb, storage=storage)

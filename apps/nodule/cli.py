@@ -1,4 +1,4 @@
-"""``fathom nodule``: the nodule commands (phantoms, deid)."""
+"""``fathom nodule``: phantoms, detect, evaluate, train, listen (PACS worker), deid."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ nodule_app = typer.Typer(
     help="Nodule: synthetic chest CT phantoms, detection, DICOM results.", no_args_is_help=True
 )
 
-SIZES = ("tiny", "small", "default")
+SIZES = ("tiny", "small", "medium", "default")
 
 
 def _fail(message: str) -> None:
@@ -33,7 +33,7 @@ def phantoms_command(
     n: Annotated[int, typer.Option("--n", help="Number of phantoms (>= 1).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
     size: Annotated[
-        str, typer.Option("--size", help="tiny (64x64), small (128-160) or default (512).")
+        str, typer.Option("--size", help="tiny (64x64), small (128-160), medium (256) or default (512).")
     ] = "default",
 ) -> None:
     """Write synthetic chest CT series with nodules: DICOM slices, masks.npz and truth.json per phantom."""
@@ -99,3 +99,146 @@ def deid_command(
         print(json.dumps({"written": [str(p) for p in written]}))
         return
     print(f"de-identified {len(written)} file(s) into {out}")
+
+
+@nodule_app.command("detect")
+def detect_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="A DICOM folder, a DICOMDIR, one file, or several files of one series."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for SEG, SR, report.md and result.json.")] = Path(
+        "nodule-results"
+    ),
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model folder (default: the shipped models/nodule-detector)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Find lung nodules in a CT study; write a DICOM SEG, a TID 1500 SR and a report."""
+    from apps.nodule.pipeline import analyse
+    from connectors.dicom.reader import DicomError
+
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} exists and is not a folder")
+    source: Path | list[Path] = paths[0] if len(paths) == 1 else paths
+    try:
+        analysis = analyse(source, out, model_dir=model)
+    except (DicomError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0])
+    result = analysis.to_json()
+    if as_json:
+        print(json.dumps(result))
+        return
+    nodules = result["nodules"]
+    print(f"series {result['series_uid']}: {len(nodules)} nodule(s) in {result['seconds']:.1f} s")
+    for i, n in enumerate(nodules, 1):
+        x, y, z = n["center_mm"]
+        print(
+            f"  {i}. ({x:.1f}, {y:.1f}, {z:.1f}) mm, {n['diameter_mm']:.1f} mm, "
+            f"confidence {n['confidence']:.2f}"
+        )
+    for kind, path in result["outputs"].items():
+        if path:
+            print(f"  {kind}: {path}")
+
+
+@nodule_app.command("evaluate")
+def evaluate_command(
+    phantoms_n: Annotated[int, typer.Option("--phantoms", help="Held-out phantoms to score (>= 1).")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out phantoms.")] = 0,
+    size: Annotated[
+        str, typer.Option("--size", help="Phantom size: tiny, small, medium, default.")
+    ] = "medium",
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model folder (default: the shipped models/nodule-detector)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
+) -> None:
+    """Score the detector on held-out phantoms: FROC/CPM (LUNA16 protocol) and Dice."""
+    from apps.nodule.detect import NoduleDetector
+    from apps.nodule.validate import phantoms, score_detector
+
+    if phantoms_n < 1:
+        _fail(f"--phantoms must be >= 1, got {phantoms_n}")
+    if size not in SIZES:
+        _fail(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    try:
+        detector = NoduleDetector.load(model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0])
+    scores = score_detector(detector, phantoms(size, phantoms_n, seed))
+    result = {
+        "cpm": scores["cpm"],
+        "sensitivity_at_1fp": scores["sensitivity_at_1fp"],
+        "dice": scores["dice"],
+        "n_scans": scores["n_scans"],
+        "n_truths": scores["n_truths"],
+        "sensitivities": scores["sensitivities"],
+        "seconds_per_scan": scores["seconds_per_scan"],
+        "size": size,
+        "seed": seed,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(
+        f"CPM {result['cpm']:.3f}, sensitivity at 1 FP/scan {result['sensitivity_at_1fp']:.3f}, "
+        f"Dice {result['dice']:.3f} over {result['n_scans']} {size} phantoms ({result['n_truths']} nodules)"
+    )
+
+
+@nodule_app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the model to.")],
+    model: Annotated[str, typer.Option("--model", help="Network size: tiny, student, default.")] = "default",
+    teacher: Annotated[
+        Path | None, typer.Option("--teacher", help="Distil from this trained model (for the student).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML of NoduleTrainConfig fields (CLI options override).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    n_train: Annotated[int | None, typer.Option(help="Training phantoms.")] = None,
+    phantom_size: Annotated[str | None, typer.Option(help="Phantom size to train on.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of phantoms, crops and weights.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Train the nodule U-Net on phantoms and fit its false-positive reducer; --teacher distils."""
+    from apps.nodule.model import NoduleModel
+    from apps.nodule.train import NoduleTrainConfig, train
+
+    try:
+        base = NoduleTrainConfig.from_yaml(config) if config else NoduleTrainConfig()
+        overrides = {
+            "model": model,
+            "steps": steps,
+            "n_train": n_train,
+            "phantom_size": phantom_size,
+            "seed": seed,
+        }
+        cfg = NoduleTrainConfig.from_dict(
+            {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+        teacher_model = NoduleModel.load(teacher) if teacher is not None else None
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0])
+    _, metrics = train(cfg, out, teacher=teacher_model, progress=not as_json)
+    if as_json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+        return
+    print(
+        f"saved {out}: validation CPM {metrics['val_cpm']:.3f}, Dice {metrics['val_dice']:.3f}, "
+        f"{metrics['n_parameters']} parameters, {metrics['train_seconds']:.0f} s"
+    )
+
+
+def _register_listen() -> None:
+    from apps.nodule.listen import listen_command
+
+    nodule_app.command("listen")(listen_command)
+
+
+_register_listen()

@@ -35,7 +35,7 @@ def test_phantoms_writes_series_masks_and_truth(tmp_path):
 
 def test_phantoms_rejects_bad_options(tmp_path):
     result = runner.invoke(nodule_app, ["phantoms", "--n", "1", "--out", str(tmp_path), "--size", "huge"])
-    assert result.exit_code == 2 and "--size must be one of tiny, small, default" in result.output
+    assert result.exit_code == 2 and "--size must be one of tiny, small, medium, default" in result.output
     result = runner.invoke(nodule_app, ["phantoms", "--n", "0", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--n must be >= 1" in result.output
     (tmp_path / "file").write_text("x")

@@ -1,0 +1,306 @@
+"""The nodule model: a MONAI 3D U-Net (voxel probabilities) and a candidate classifier (false positives).
+
+``NoduleNetConfig`` holds everything inference needs (network shape, working grid, windows,
+thresholds), so a checkpoint folder rebuilds the model exactly. ``NoduleModel`` bundles the network
+with its ``FalsePositiveReducer``: a logistic regression over shape and intensity features of each
+connected component, fitted on the training phantoms' candidates (vessels cut across are elongated
+and faint; nodules are compact), saved as plain JSON (no pickle).
+
+Named sizes: ``tiny`` (tests, ~10k parameters), ``student`` (the distilled model for low-resource
+sites) and ``default``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.config import ConfigMixin, models_dir
+from core.training.checkpoint import load_checkpoint, save_checkpoint
+
+DEFAULT_MODEL = "nodule-detector"
+STUDENT_MODEL = "nodule-detector-student"
+FP_FILE = "fp_reduction.json"
+FEATURES = ("log_volume", "max_prob", "mean_prob", "elongation", "fill", "mean_hu", "std_hu")
+
+
+@dataclass(frozen=True)
+class NoduleNetConfig(ConfigMixin):
+    """Network and inference settings.
+
+    Args:
+        channels: U-Net channels per level.
+        strides: Down-sampling strides between levels (``len(channels) - 1`` of them).
+        num_res_units: Residual units per block.
+        dropout: Dropout in the blocks.
+        spacing_mm: Isotropic working grid, mm.
+        patch: Training crop edge, voxels of the working grid.
+        roi: Sliding-window edge at inference, voxels.
+        overlap: Sliding-window overlap.
+        sw_batch_size: Windows per forward pass.
+        hu_window: HU range mapped to ``[0, 1]``.
+        prob_threshold: Voxel probability above which a voxel belongs to a candidate.
+        min_diameter_mm: Candidates smaller than this (equivalent sphere) are dropped.
+        report_threshold: Confidence at which a candidate is reported (SEG, SR, report, CLI).
+        lung_margin_mm: Margin around the lungs where the network runs and candidates may lie.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    dropout: float = 0.0
+    spacing_mm: float = 1.5
+    patch: int = 64
+    roi: int = 96
+    overlap: float = 0.25
+    sw_batch_size: int = 2
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    prob_threshold: float = 0.5
+    min_diameter_mm: float = 2.5
+    report_threshold: float = 0.5
+    lung_margin_mm: float = 12.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        object.__setattr__(self, "hu_window", tuple(float(h) for h in self.hu_window))
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            raise ValueError(f"channels must hold at least 2 positive numbers, got {self.channels}")
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"strides needs {len(self.channels) - 1} entries for {len(self.channels)} channels, "
+                f"got {self.strides}"
+            )
+        step = int(np.prod(self.strides))
+        for name in ("patch", "roi"):
+            value = getattr(self, name)
+            if value < step or value % step:
+                raise ValueError(f"{name} ({value}) must be a positive multiple of the total stride {step}")
+        if self.spacing_mm <= 0:
+            raise ValueError(f"spacing_mm must be > 0, got {self.spacing_mm}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+        for name in ("prob_threshold", "report_threshold"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def tiny(cls) -> NoduleNetConfig:
+        """A few thousand parameters, 32-voxel crops at 3 mm: unit tests."""
+        return cls(channels=(4, 8, 16), strides=(2, 2), num_res_units=0, spacing_mm=3.0, patch=32, roi=32)
+
+    @classmethod
+    def student(cls) -> NoduleNetConfig:
+        """The distilled student: a quarter of the channels' width budget (~16x fewer parameters)."""
+        return cls(channels=(8, 16, 32, 64), num_res_units=0)
+
+    @classmethod
+    def named(cls, size: str) -> NoduleNetConfig:
+        """``tiny``, ``student`` or ``default``.
+
+        Raises:
+            ValueError: For another name.
+        """
+        makers = {"tiny": cls.tiny, "student": cls.student, "default": cls}
+        if size not in makers:
+            raise ValueError(f"unknown nodule model size {size!r}; choose one of {', '.join(makers)}")
+        return makers[size]()
+
+
+def build_network(config: NoduleNetConfig) -> nn.Module:
+    """MONAI's 3D ``UNet``: 1 input channel (windowed CT), 2 output logits (background, nodule)."""
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        channels=config.channels,
+        strides=config.strides,
+        num_res_units=config.num_res_units,
+        dropout=config.dropout,
+    )
+
+
+@dataclass
+class FalsePositiveReducer:
+    """Logistic regression over candidate features (``FEATURES``) giving each candidate its confidence.
+
+    Without fitted weights (``coef`` empty) the confidence is the candidate's maximum probability.
+    """
+
+    mean: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    coef: list[float] = field(default_factory=list)
+    intercept: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether weights are there."""
+        return len(self.coef) == len(FEATURES)
+
+    def fit(self, features: np.ndarray, is_nodule: np.ndarray) -> FalsePositiveReducer:
+        """Fit on ``features`` ``(N, len(FEATURES))`` and labels ``(N,)``; needs both classes.
+
+        Raises:
+            ValueError: Wrong shape, or fewer than 2 examples of either class.
+        """
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import average_precision_score
+
+        x = np.asarray(features, np.float64)
+        y = np.asarray(is_nodule, bool)
+        if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(x) != len(y):
+            raise ValueError(
+                f"features must be (N, {len(FEATURES)}) with N labels, got {x.shape} and {y.shape}"
+            )
+        if y.sum() < 2 or (~y).sum() < 2:
+            raise ValueError(
+                "need at least 2 nodule and 2 non-nodule candidates, "
+                f"got {int(y.sum())} and {int((~y).sum())}"
+            )
+        mean, scale = x.mean(0), x.std(0) + 1e-6
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit((x - mean) / scale, y)
+        self.mean, self.scale = mean.tolist(), scale.tolist()
+        self.coef, self.intercept = clf.coef_[0].tolist(), float(clf.intercept_[0])
+        scores = self.confidence(x)
+        self.metrics = {
+            "candidates": float(len(y)),
+            "nodule_fraction": float(y.mean()),
+            "train_ap": float(average_precision_score(y, scores)),
+            "train_ap_max_prob": float(average_precision_score(y, x[:, FEATURES.index("max_prob")])),
+        }
+        return self
+
+    def confidence(self, features: np.ndarray) -> np.ndarray:
+        """Confidence in ``[0, 1]`` per candidate row."""
+        x = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
+        if not self.fitted:
+            return x[:, FEATURES.index("max_prob")].copy()
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale) @ np.asarray(self.coef) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "features": list(FEATURES),
+            "mean": self.mean,
+            "scale": self.scale,
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FalsePositiveReducer:
+        """From ``to_dict``'s output.
+
+        Raises:
+            ValueError: Features other than this code's ``FEATURES``.
+        """
+        if list(data.get("features", [])) != list(FEATURES):
+            raise ValueError(
+                f"false-positive reducer features {data.get('features')} do not match {list(FEATURES)}"
+            )
+        return cls(
+            mean=list(data["mean"]),
+            scale=list(data["scale"]),
+            coef=list(data["coef"]),
+            intercept=float(data["intercept"]),
+            metrics=dict(data.get("metrics", {})),
+        )
+
+
+@dataclass
+class NoduleModel:
+    """The network, its configuration and its false-positive reducer."""
+
+    net: nn.Module
+    config: NoduleNetConfig
+    reducer: FalsePositiveReducer = field(default_factory=FalsePositiveReducer)
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: NoduleNetConfig, seed: int = 0) -> NoduleModel:
+        """A freshly initialised model (deterministic by ``seed``)."""
+        torch.manual_seed(seed)
+        return cls(build_network(config), config)
+
+    @property
+    def n_parameters(self) -> int:
+        """Trainable parameters of the network."""
+        return sum(p.numel() for p in self.net.parameters())
+
+    def save(
+        self,
+        directory: str | Path,
+        *,
+        name: str,
+        metrics: dict[str, Any],
+        summary: str,
+        train: dict[str, Any] | None = None,
+        sections: dict[str, str] | None = None,
+    ) -> Path:
+        """Weights, model card and ``fp_reduction.json`` into ``directory``."""
+        out = save_checkpoint(
+            directory,
+            self.net.state_dict(),
+            name=name,
+            config={"model": self.config.to_dict(), "train": dict(train or {})},
+            metrics=metrics,
+            summary=summary,
+            sections=sections,
+            extra={"n_parameters": self.n_parameters, "false_positive_reduction": self.reducer.to_dict()},
+        )
+        (out / FP_FILE).write_text(json.dumps(self.reducer.to_dict(), indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None, device: str = "cpu") -> NoduleModel:
+        """A model saved by ``save``; ``None`` for the shipped ``models/nodule-detector``.
+
+        Raises:
+            FileNotFoundError: The folder, weights or card is missing.
+            ValueError: The card's config or the weights do not fit this code.
+        """
+        folder = Path(directory) if directory is not None else models_dir(DEFAULT_MODEL)
+        tensors, card = load_checkpoint(folder, device=device)
+        try:
+            config = NoduleNetConfig.from_dict(card["config"]["model"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{folder}: model card has no nodule model config ({err})") from err
+        net = build_network(config)
+        try:
+            net.load_state_dict(tensors)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{folder}: weights do not fit the configured network: {str(err).splitlines()[0]}"
+            ) from err
+        net.to(device).eval()
+        fp_path = folder / FP_FILE
+        reducer = (
+            FalsePositiveReducer.from_dict(json.loads(fp_path.read_text()))
+            if fp_path.is_file()
+            else FalsePositiveReducer()
+        )
+        return cls(net, config, reducer, card)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FEATURES",
+    "STUDENT_MODEL",
+    "FalsePositiveReducer",
+    "NoduleModel",
+    "NoduleNetConfig",
+    "build_network",
+]
