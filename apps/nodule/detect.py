@@ -6,9 +6,9 @@
 2. run the U-Net with MONAI's ``sliding_window_inference`` over the lungs' bounding box plus a
    margin (``crop_to_lungs=False`` runs it over the whole volume: the plain baseline of
    ``fathom bench nodule``);
-3. voxels above ``prob_threshold`` form connected components; those that touch the lungs (dilated
-   by two voxels: juxtapleural nodules are bites out of the lung's edge) are candidates, each with
-   its centre (probability-weighted, patient mm), size, intensity and shape;
+3. voxels above ``prob_threshold`` inside the lungs (their mask closed over juxtapleural nodules,
+   dilated by two voxels) form connected components, the candidates, each with its centre
+   (probability-weighted, patient mm), size, intensity and shape;
 4. false-positive reduction: candidates below ``min_diameter_mm`` are dropped, and the
    ``FalsePositiveReducer`` turns each one's features into its confidence;
 5. candidates at or above ``report_threshold`` are the reported nodules; each is measured again on
@@ -184,13 +184,12 @@ class NoduleDetector:
     def _candidates(self, prob: np.ndarray, hu: np.ndarray, near: np.ndarray, volume: CTVolume):
         cfg = self.config
         t = cfg.spacing_mm
-        comp, _ = ndimage.label(prob > cfg.prob_threshold)
-        touching = set(np.unique(comp[near & (comp > 0)]).tolist())  # juxtapleural ones touch the lungs
+        comp, _ = ndimage.label((prob > cfg.prob_threshold) & near)
         scale = t / np.asarray(volume.spacing, np.float64)  # working index -> source index
         min_voxels = (np.pi / 6 * cfg.min_diameter_mm**3) / t**3
         rows, found, ids = [], [], []
         for cid, sl in enumerate(ndimage.find_objects(comp), start=1):
-            if sl is None or cid not in touching:
+            if sl is None:
                 continue
             local = comp[sl] == cid
             count = int(local.sum())

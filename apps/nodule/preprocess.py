@@ -4,8 +4,8 @@
    for the image, nearest for label maps. Array order stays ``(Z, Y, X)``; the affine handed to
    MONAI holds only the spacing, so nothing is flipped.
 2. ``lung_mask``: air below -400 HU that does not touch the in-plane border of its slice (outside
-   air always does), its largest 3-D components (lungs, airways), holes filled slice by slice so
-   nodules and vessels inside the lungs belong to it.
+   air always does), its largest 3-D components (lungs, airways), closed and hole-filled slice by
+   slice so nodules and vessels inside the lungs, and nodules on the pleura, belong to it.
 3. ``lung_box``: the lungs' bounding box plus a margin, so juxtapleural nodules are inside it;
    the network only runs there.
 4. ``window``: HU clipped to ``[-1000, 400]`` and scaled to ``[0, 1]`` (MONAI ``ScaleIntensityRange``).
@@ -79,14 +79,16 @@ def window(hu: np.ndarray | torch.Tensor, hu_window: tuple[float, float] = HU_WI
 
 
 def lung_mask(
-    hu: np.ndarray, spacing: tuple[float, float, float], *, min_volume_ml: float = 5.0
+    hu: np.ndarray, spacing: tuple[float, float, float], *, min_volume_ml: float = 5.0, close_mm: float = 10.0
 ) -> np.ndarray:
     """The lungs (with airways, vessels and nodules inside them) of a chest CT, bool ``(Z, Y, X)``.
 
     Air (< -400 HU) connected to the in-plane border of any slice is outside the body; of the rest,
     the largest 3-D components are kept (every component at least a tenth of the largest and at
-    least ``min_volume_ml``). Holes are then filled slice by slice. An empty mask means no lungs
-    were found (not a chest CT, or a field of view inside the lung).
+    least ``min_volume_ml``). Holes are then filled and the outline closed slice by slice with a
+    disk of radius ``close_mm``, which takes in juxtapleural nodules (bites out of the lung's edge
+    that hole filling misses). An empty mask means no lungs were found (not a chest CT, or a field
+    of view inside the lung).
     """
     air = hu < AIR_HU
     # outside air: what is connected, within its slice, to the border of the slice
@@ -106,9 +108,16 @@ def lung_mask(
     largest = sizes.max()
     keep = np.flatnonzero((sizes >= 0.1 * largest) & (sizes * voxel_ml >= min_volume_ml)) + 1
     mask = np.isin(lab, keep)
+    r = max(0, int(round(close_mm / min(spacing[1], spacing[2]))))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (yy**2 + xx**2) <= r * r
+    ny, nx = mask.shape[1:]
     for k in range(mask.shape[0]):
         if mask[k].any():
-            mask[k] = ndimage.binary_fill_holes(mask[k])
+            plane = mask[k]
+            if r:
+                plane = ndimage.binary_closing(np.pad(plane, r), structure=disk)[r : r + ny, r : r + nx]
+            mask[k] = ndimage.binary_fill_holes(plane)
     return mask
 
 

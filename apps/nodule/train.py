@@ -6,7 +6,7 @@ Recipe (``NoduleTrainConfig`` defaults reproduce the shipped ``models/nodule-det
   ``n_val`` for validation, from independent seed streams (``phantom_seed``); each resampled to the
   working grid and windowed (``preprocess``), ground truth resampled with nearest neighbour;
 - MONAI dictionary transforms: balanced positive/negative crops (``RandCropByPosNegLabeld``;
-  negatives drawn inside the lungs, where the vessels are), flips on every axis, in-plane 90 degree
+  half the negatives drawn inside the lungs, where the vessels are), flips on every axis, in-plane 90 degree
   rotations, intensity scale and shift;
 - Dice + cross-entropy (``DiceCELoss``), AdamW with warm-up and cosine decay, mixed precision on
   CUDA (``--amp`` forces bf16 autocast on CPU);
@@ -112,9 +112,13 @@ def prepare_phantom(phantom: Phantom, config: NoduleNetConfig) -> dict:
     label = resample((phantom.nodule_mask > 0).astype(np.uint8), phantom.spacing, t, labels=True)
     lungs = lung_mask(hu, (t, t, t))
     fg = np.flatnonzero(label)
-    bg = np.flatnonzero(lungs & (label == 0))
-    if len(bg) == 0:
-        bg = np.flatnonzero(label == 0)
+    # negatives: half in the lungs (vessels, airways: the hard ones), half anywhere else (chest
+    # wall, mediastinum, bone), which the network also sees in its lung box at inference
+    rng = np.random.default_rng(phantom.seed)
+    inside = np.flatnonzero(lungs & (label == 0))
+    outside = np.flatnonzero(~lungs & (label == 0))
+    take = min(len(outside), max(len(inside), 1))
+    bg = np.concatenate([inside, rng.choice(outside, size=take, replace=False) if take else outside])
     return {
         "image": window(torch.from_numpy(hu)[None], config.hu_window),
         "label": torch.from_numpy(label.astype(np.float32))[None],
@@ -226,7 +230,7 @@ def train(
     teacher_net = teacher.net.to(dev).eval() if teacher is not None else None
     augment = _augment(cfg, train_config)
     rng = np.random.default_rng(train_config.seed)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     opt = torch.optim.AdamW(net.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     sched = warmup_cosine(
         opt, warmup_steps=min(train_config.warmup_steps, train_config.steps), total_steps=train_config.steps

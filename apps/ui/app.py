@@ -10,6 +10,7 @@ import streamlit as st
 
 from apps.customer_service import ui as cs_ui
 from apps.fraud import ui as fraud_ui
+from apps.nodule import ui as nodule_ui
 
 
 def home() -> None:
@@ -19,7 +20,8 @@ def home() -> None:
         "Domain AI for regulated industries. **Customer service**: a bank's support assistant that "
         "answers from the knowledge base with citations and hands urgent or uncertain cases to a human. "
         "**Fraud alerts**: the risk team's queue of scored card transactions, why each alert fired, "
-        "and how the alerts turned out over time."
+        "and how the alerts turned out over time. **Lung nodules**: a CT study in, its nodules found, shown "
+        "on the slices and written out as DICOM SEG, SR and a report."
     )
     st.subheader("Loaded in this server")
     loaded = cs_ui.loaded_info()
@@ -27,7 +29,16 @@ def home() -> None:
         st.success(f"Customer-service assistant: loaded, index `{loaded['index']}`")
     else:
         st.info("Customer-service assistant: not loaded yet; it loads when its page is first opened.")
-    st.caption("The lung-nodule page is not part of this build yet.")
+    nodule = nodule_ui.loaded_info()
+    if nodule:
+        st.success(f"Nodule detector: loaded, model {nodule['model']}")
+    elif nodule_ui.model_available():
+        st.info("Nodule detector: not loaded yet; it loads when a study is first analysed.")
+    else:
+        st.info(
+            "Nodule detector: no model installed (models/nodule-detector); train one with "
+            "`fathom nodule train` or set FATHOM_NODULE_MODEL."
+        )
 
 
 def main() -> None:
@@ -47,6 +58,7 @@ def main() -> None:
             icon=":material/credit_card_off:",
             url_path="fraud",
         ),
+        st.Page(nodule_ui.render, title="Lung nodules", icon=":material/pulmonology:", url_path="nodule"),
     ]
     st.navigation(pages).run()
 

@@ -145,6 +145,7 @@ def create_app(
     version: str = "0.1.0",
     description: str = "",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_limits: Mapping[str, int] | None = None,
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``routers`` behind Fathom's auth, errors, health and metrics.
@@ -159,6 +160,8 @@ def create_app(
         version: the API's version (OpenAPI, ``/healthz``).
         description: OpenAPI description.
         max_body_bytes: the largest request body accepted (413 above).
+        body_limits: exact path -> its own body limit (e.g. a file-upload route), instead of
+            ``max_body_bytes``.
         registry: the Prometheus registry for ``/metrics``; a fresh one per app when None.
 
     Returns:
@@ -176,6 +179,9 @@ def create_app(
         check_api_key(api_key)
     if not isinstance(max_body_bytes, int) or isinstance(max_body_bytes, bool) or max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+    for path, limit in (body_limits or {}).items():
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise ValueError(f"body_limits[{path!r}] must be a positive integer, got {limit!r}")
     for i, router in enumerate(routers):
         if not isinstance(router, APIRouter):
             raise TypeError(f"routers[{i}] is a {type(router).__name__}, not a fastapi.APIRouter")
@@ -226,7 +232,13 @@ def create_app(
     # Added last = outermost: request ids and metrics see every response, auth's 401s included.
     if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=OPEN_PATHS)
-    app.add_middleware(RequestMiddleware, metrics=metrics, router=app.router, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        router=app.router,
+        max_body_bytes=max_body_bytes,
+        body_limits=body_limits,
+    )
     if api_key is not None:
         app.openapi = _with_security(app)  # type: ignore[method-assign]
     return app

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Router
@@ -60,13 +61,23 @@ class RequestMiddleware:
         metrics: where requests are counted.
         router: the app's router, to label requests that auth stopped before routing.
         max_body_bytes: the largest request body accepted.
+        body_limits: exact path -> its own limit (e.g. a route that takes file uploads).
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, router: Router, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: HttpMetrics,
+        router: Router,
+        max_body_bytes: int,
+        body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.router = router
         self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,25 +98,26 @@ class RequestMiddleware:
             await send(message)
 
         received = 0
+        limit = self.body_limits.get(scope.get("path", ""), self.max_body_bytes)
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     # An HTTPException passes through FastAPI's body reading and gets the shared error shape.
-                    raise HTTPException(413, self._too_large())
+                    raise HTTPException(413, _too_large(limit))
             return message
 
         start = time.perf_counter()
         self.metrics.in_progress.inc()
         try:
             declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 response = error_response(
                     413 if declared.isdigit() else 400,
-                    self._too_large() if declared.isdigit() else "Content-Length is not a number",
+                    _too_large(limit) if declared.isdigit() else "Content-Length is not a number",
                 )
                 await response(scope, receive, send_with_id)
             else:
@@ -129,5 +141,6 @@ class RequestMiddleware:
                 scope["method"], route_label(scope, self.router), status, time.perf_counter() - start
             )
 
-    def _too_large(self) -> str:
-        return f"request body is larger than the limit of {self.max_body_bytes} bytes"
+
+def _too_large(limit: int) -> str:
+    return f"request body is larger than the limit of {limit} bytes"

@@ -119,6 +119,21 @@ def test_bodies_over_the_limit_are_413() -> None:
     assert streamed.status_code == 413 and streamed.json()["error"] == "payload_too_large"
 
 
+def test_a_path_can_have_its_own_body_limit() -> None:
+    app = create_app(
+        title="Shop", routers=[make_router()], max_body_bytes=16, body_limits={"/shop/orders": 4096}
+    )
+    client = TestClient(app)
+    order = {"item": "tea", "quantity": 2}  # 30 bytes: over the app's 16, under the route's own
+    assert client.post("/shop/orders", json=order).status_code == 200
+    other = client.request("GET", "/shop/gone", content=b"x" * 30)
+    assert other.status_code == 413 and "limit of 16 bytes" in other.json()["detail"]
+    over = client.post("/shop/orders", content=b"x" * 5000, headers={"content-type": "application/json"})
+    assert over.status_code == 413 and "limit of 4096 bytes" in over.json()["detail"]
+    with pytest.raises(ValueError, match="body_limits"):
+        create_app(title="Shop", routers=[make_router()], body_limits={"/shop/orders": 0})
+
+
 def test_healthz_reports_components() -> None:
     model = LazyResource("model", lambda: "weights")
     app = create_app(

@@ -1,0 +1,191 @@
+"""Detection, the end-to-end pipeline to SEG/SR/report, and the detect/evaluate/train commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from apps.nodule.cli import nodule_app
+from apps.nodule.detect import NoduleDetector
+from apps.nodule.dicom_writer import write_series
+from apps.nodule.model import DEFAULT_MODEL, NoduleModel, NoduleNetConfig
+from apps.nodule.pipeline import analyse
+from apps.nodule.train import _distill_loss
+from apps.nodule.validate import phantom_volume, phantoms
+from connectors.dicom.reader import DicomError
+from core.config import models_dir
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def eager_model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny model that reports every candidate (threshold 0.01): structure, not quality."""
+    config = dataclasses.replace(NoduleNetConfig.tiny(), report_threshold=0.01, prob_threshold=0.45)
+    folder = tmp_path_factory.mktemp("nodule-model") / "tiny"
+    NoduleModel.create(config, seed=1).save(folder, name="test-tiny", metrics={}, summary="test")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_phantom) -> Path:
+    folder = tmp_path_factory.mktemp("nodule-study") / "ct"
+    write_series(tiny_phantom, folder)
+    return folder
+
+
+def test_detection_labels_match_the_reported_nodules(eager_model_dir, tiny_phantom):
+    detector = NoduleDetector.load(eager_model_dir, "cpu")
+    volume = phantom_volume(tiny_phantom)
+    found = detector.detect(volume)
+    assert found.labels.shape == volume.shape and found.labels.dtype == np.uint16
+    assert found.nodules, "the eager model reports candidates"
+    confidences = [c.confidence for c in found.candidates]
+    assert confidences == sorted(confidences, reverse=True)
+    assert set(np.unique(found.labels)) == {0, *range(1, len(found.nodules) + 1)}
+    voxel = float(np.prod(volume.spacing))
+    for i, nodule in enumerate(found.nodules, 1):
+        inside = found.labels == i
+        assert nodule.volume_mm3 == pytest.approx(inside.sum() * voxel)
+        assert nodule.mean_hu == pytest.approx(float(volume.hu[inside].mean()), abs=0.1)
+        assert nodule.diameter_mm == pytest.approx((6 * nodule.volume_mm3 / np.pi) ** (1 / 3))
+    assert set(found.timings) >= {"preprocess_s", "network_s", "candidates_s", "total_s"}
+    assert [n.label for n in found.dicom_nodules()] == list(range(1, len(found.nodules) + 1))
+
+
+def test_pipeline_writes_seg_sr_and_report_referencing_the_series(eager_model_dir, tiny_study, tmp_path):
+    analysis = analyse(tiny_study, tmp_path / "out", model_dir=eager_model_dir)
+    result = analysis.to_json()
+    assert json.loads(Path(result["outputs"]["json"]).read_text())["nodules"] == result["nodules"]
+    seg = pydicom.dcmread(result["outputs"]["seg"])
+    sr = pydicom.dcmread(result["outputs"]["sr"])
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == len(result["nodules"])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == result["series_uid"]
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == result["study_uid"]
+    report = Path(result["outputs"]["report"]).read_text()
+    assert result["series_uid"] in report and "| 1 |" in report
+    for nodule in result["nodules"]:
+        assert set(nodule) >= {"center_mm", "diameter_mm", "volume_mm3", "confidence"}
+
+
+def test_pipeline_refuses_what_it_cannot_analyse(eager_model_dir, tmp_path):
+    with pytest.raises(DicomError, match="does not exist"):
+        analyse(tmp_path / "nothing", tmp_path / "out", model_dir=eager_model_dir)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_text("not dicom")
+    with pytest.raises(DicomError, match="no CT series"):
+        analyse(tmp_path / "junk", tmp_path / "out", model_dir=eager_model_dir)
+
+
+def test_detect_command_prints_the_stable_json(eager_model_dir, tiny_study, tmp_path):
+    result = runner.invoke(
+        nodule_app,
+        ["detect", str(tiny_study), "--out", str(tmp_path / "o"), "--model", str(eager_model_dir), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= {"series_uid", "nodules", "outputs"}
+    assert set(data["outputs"]) >= {"seg", "sr", "report"}
+    assert all(len(n["center_mm"]) == 3 for n in data["nodules"])
+    # a file list works too
+    files = sorted(str(p) for p in tiny_study.glob("*.dcm"))
+    again = runner.invoke(
+        nodule_app,
+        ["detect", *files, "--out", str(tmp_path / "o2"), "--model", str(eager_model_dir), "--json"],
+    )
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["series_uid"] == data["series_uid"]
+
+
+def test_detect_command_bad_input_is_one_line_without_traceback(tmp_path, eager_model_dir):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"DICM" * 10)
+    result = runner.invoke(
+        nodule_app, ["detect", str(bad), "--model", str(eager_model_dir), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and result.output.startswith("error: ")
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(nodule_app, ["detect", str(tmp_path), "--model", str(tmp_path / "no-model")])
+    assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_evaluate_command_scores_held_out_phantoms(eager_model_dir):
+    result = runner.invoke(
+        nodule_app,
+        [
+            "evaluate",
+            "--phantoms",
+            "2",
+            "--seed",
+            "5",
+            "--size",
+            "tiny",
+            "--model",
+            str(eager_model_dir),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= {"cpm", "sensitivity_at_1fp", "dice", "n_scans"}
+    assert data["n_scans"] == 2 and 0 <= data["cpm"] <= 1 and 0 <= data["dice"] <= 1
+    bad = runner.invoke(nodule_app, ["evaluate", "--phantoms", "0"])
+    assert bad.exit_code == 2 and "--phantoms must be >= 1" in bad.output
+
+
+def test_held_out_phantoms_never_repeat_training_phantoms():
+    from apps.nodule.train import STREAMS
+
+    def seeds(seed, stream):
+        return [p.seed for p in phantoms("tiny", 3, seed, stream)]
+
+    held_out = set(seeds(0, 7))
+    for stream in STREAMS.values():
+        assert not held_out & set(seeds(0, stream))
+
+
+def test_train_command_trains_saves_and_the_model_loads(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "phantom_size: tiny\nn_train: 2\nn_fp: 2\nn_val: 1\nval_every: 2\ncrops_per_volume: 2\n"
+    )
+    out = tmp_path / "model"
+    result = runner.invoke(
+        nodule_app,
+        ["train", "--model", "tiny", "--config", str(config), "--steps", "3", "--out", str(out), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n_parameters"] > 0 and "val_cpm" in metrics and metrics["best_step"] in (2, 3)
+    model = NoduleModel.load(out)
+    assert model.config == NoduleNetConfig.tiny()
+    assert model.card["config"]["train"]["steps"] == 3
+    bad = runner.invoke(nodule_app, ["train", "--model", "huge", "--out", str(out)])
+    assert bad.exit_code == 2 and "unknown nodule model size" in bad.output
+
+
+def test_distillation_loss_is_zero_only_when_student_matches_teacher():
+    teacher = torch.randn(2, 2, 4, 4, 4)
+    assert float(_distill_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(_distill_loss(-teacher, teacher, 2.0)) > 0.1
+
+
+@pytest.mark.skipif(not models_dir(DEFAULT_MODEL).is_dir(), reason="the shipped nodule model is not built")
+def test_shipped_model_finds_nodules_in_a_held_out_phantom():
+    detector = NoduleDetector.load(None, "cpu")
+    phantom = next(iter(phantoms("medium", 1, seed=11)))
+    found = detector.detect(phantom_volume(phantom))
+    hits = [
+        any(np.linalg.norm(np.subtract(c.center_mm, t.centre_mm)) < t.diameter_mm / 2 for c in found.nodules)
+        for t in phantom.nodules
+    ]
+    assert sum(hits) >= max(1, len(hits) - 1), (hits, [c.to_dict() for c in found.nodules])
+    assert len(found.nodules) <= len(phantom.nodules) + 3
