@@ -155,9 +155,15 @@ def evaluate_command(
         Path | None,
         typer.Option("--model", help="Model folder (default: the shipped models/nodule-detector)."),
     ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Score on a data set instead: luna16:/path or lidc:/dicom/root[?sqlite=/path]."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="With --data: train, fp, val or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="With --data: at most this many scans.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
 ) -> None:
-    """Score the detector on held-out phantoms: FROC/CPM (LUNA16 protocol) and Dice."""
+    """Score the detector on held-out phantoms (or LUNA16 / LIDC-IDRI): FROC/CPM (LUNA16 protocol), Dice."""
     from apps.nodule.detect import NoduleDetector
     from apps.nodule.validate import phantoms, score_detector
 
@@ -167,9 +173,15 @@ def evaluate_command(
         _fail(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     try:
         detector = NoduleDetector.load(model)
+        if data is None:
+            scans = phantoms(size, phantoms_n, seed)
+        else:
+            from apps.nodule.datasets import dataset_scans
+
+            scans = dataset_scans(data, split, limit=limit)
+        scores = score_detector(detector, scans)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc).splitlines()[0])
-    scores = score_detector(detector, phantoms(size, phantoms_n, seed))
     result = {
         "cpm": scores["cpm"],
         "sensitivity_at_1fp": scores["sensitivity_at_1fp"],
@@ -178,15 +190,16 @@ def evaluate_command(
         "n_truths": scores["n_truths"],
         "sensitivities": scores["sensitivities"],
         "seconds_per_scan": scores["seconds_per_scan"],
-        "size": size,
-        "seed": seed,
+        **({"size": size, "seed": seed} if data is None else {"data": data, "split": split}),
     }
     if as_json:
         print(json.dumps(result))
         return
+    dice_text = "n/a" if result["dice"] is None else f"{result['dice']:.3f}"
+    what = f"{size} phantoms" if data is None else f"{data} ({split})"
     print(
-        f"CPM {result['cpm']:.3f}, sensitivity at 1 FP/scan {result['sensitivity_at_1fp']:.3f}, "
-        f"Dice {result['dice']:.3f} over {result['n_scans']} {size} phantoms ({result['n_truths']} nodules)"
+        f"CPM {result['cpm'] or 0:.3f}, sensitivity at 1 FP/scan {result['sensitivity_at_1fp'] or 0:.3f}, "
+        f"Dice {dice_text} over {result['n_scans']} scans of {what} ({result['n_truths']} nodules)"
     )
 
 
@@ -203,6 +216,9 @@ def train_command(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
     n_train: Annotated[int | None, typer.Option(help="Training phantoms.")] = None,
     phantom_size: Annotated[str | None, typer.Option(help="Phantom size to train on.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="phantoms (default), luna16:/path or lidc:/dicom/root[?sqlite=/path].")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of phantoms, crops and weights.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
@@ -218,6 +234,7 @@ def train_command(
             "n_train": n_train,
             "phantom_size": phantom_size,
             "seed": seed,
+            "data": data,
         }
         cfg = NoduleTrainConfig.from_dict(
             {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
@@ -230,7 +247,7 @@ def train_command(
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
         return
     print(
-        f"saved {out}: validation CPM {metrics['val_cpm']:.3f}, Dice {metrics['val_dice']:.3f}, "
+        f"saved {out}: validation CPM {metrics['val_cpm'] or 0:.3f}, Dice {metrics['val_dice'] or 0:.3f}, "
         f"{metrics['n_parameters']} parameters, {metrics['train_seconds']:.0f} s"
     )
 

@@ -3,13 +3,14 @@
 Recipe (``NoduleTrainConfig`` defaults reproduce the shipped ``models/nodule-detector``):
 
 - data: ``n_train`` phantoms for the network, ``n_fp`` more for the false-positive reducer and
-  ``n_val`` for validation, from independent seed streams (``phantom_seed``); each resampled to the
-  working grid and windowed (``preprocess``), ground truth resampled with nearest neighbour;
+  ``n_val`` for validation, from independent seed streams (``phantom_seed``), or the same splits of
+  LUNA16 / LIDC-IDRI (``data``); each resampled to the working grid and windowed (``preprocess``),
+  ground truth resampled with nearest neighbour;
 - MONAI dictionary transforms: balanced positive/negative crops (``RandCropByPosNegLabeld``;
-  half the negatives drawn inside the lungs, where the vessels are), flips on every axis, in-plane 90 degree
-  rotations, intensity scale and shift;
-- Dice + cross-entropy (``DiceCELoss``), AdamW with warm-up and cosine decay, mixed precision on
-  CUDA (``--amp`` forces bf16 autocast on CPU);
+  half the negatives drawn inside the lungs, where the vessels are), flips on every axis, in-plane
+  90 degree rotations, intensity scale and shift;
+- Dice (nodule class, over the whole batch) + cross-entropy (``DiceCELoss``), AdamW with warm-up
+  and cosine decay, mixed precision on CUDA (``amp: true`` in the config forces bf16 on CPU);
 - sliding-window validation: CPM and Dice of the full detector on the validation phantoms every
   ``val_every`` steps; the best CPM (then Dice) is kept;
 - then candidates on the ``n_fp`` phantoms fit the ``FalsePositiveReducer``;
@@ -32,9 +33,8 @@ import torch.nn.functional as F
 from apps.nodule.detect import NoduleDetector
 from apps.nodule.evaluate import Truth
 from apps.nodule.model import NoduleModel, NoduleNetConfig
-from apps.nodule.phantoms import Phantom
 from apps.nodule.preprocess import lung_mask, resample, window
-from apps.nodule.validate import phantom_volume, phantoms, score_detector
+from apps.nodule.validate import Scan, phantom_scan, phantoms, score_detector
 from core.config import ConfigMixin
 from core.training.schedule import warmup_cosine
 
@@ -50,10 +50,12 @@ class NoduleTrainConfig(ConfigMixin):
 
     Args:
         model: Network size (``tiny``, ``student``, ``default``).
+        data: ``phantoms`` (synthetic, drawn here), ``luna16:/path`` or ``lidc:/dicom/root`` (see
+            ``apps.nodule.datasets``: their train/fp/val splits).
         phantom_size: Phantom size to train on (``PhantomConfig.named``).
-        n_train: Phantoms for the network.
-        n_fp: Phantoms for the false-positive reducer.
-        n_val: Validation phantoms.
+        n_train: Scans for the network (at most; a data set may hold fewer).
+        n_fp: Scans for the false-positive reducer.
+        n_val: Validation scans.
         seed: Seed of the phantoms, crops and initial weights.
         steps: Optimiser steps.
         volumes_per_step: Phantoms sampled per step.
@@ -68,6 +70,7 @@ class NoduleTrainConfig(ConfigMixin):
     """
 
     model: str = "default"
+    data: str = "phantoms"
     phantom_size: str = "medium"
     n_train: int = 24
     n_fp: int = 8
@@ -75,8 +78,8 @@ class NoduleTrainConfig(ConfigMixin):
     seed: int = 0
     steps: int = 1200
     volumes_per_step: int = 2
-    crops_per_volume: int = 2
-    lr: float = 2e-3
+    crops_per_volume: int = 4
+    lr: float = 3e-3
     weight_decay: float = 1e-5
     warmup_steps: int = 50
     val_every: int = 300
@@ -105,20 +108,24 @@ class NoduleTrainConfig(ConfigMixin):
         NoduleNetConfig.named(self.model)
 
 
-def prepare_phantom(phantom: Phantom, config: NoduleNetConfig) -> dict:
-    """A phantom on the working grid: windowed image, nodule label, crop indices (``(1, Z, Y, X)``)."""
+def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
+    """A scan on the working grid: windowed image, nodule label, crop indices (``(1, Z, Y, X)``)."""
     t = config.spacing_mm
-    hu = resample(phantom.hu, phantom.spacing, t)
-    label = resample((phantom.nodule_mask > 0).astype(np.uint8), phantom.spacing, t, labels=True)
+    volume = scan.volume
+    hu = resample(volume.hu, volume.spacing, t)
+    label = resample(scan.nodule_mask().astype(np.uint8), volume.spacing, t, labels=True)
     lungs = lung_mask(hu, (t, t, t))
     fg = np.flatnonzero(label)
     # negatives: half in the lungs (vessels, airways: the hard ones), half anywhere else (chest
     # wall, mediastinum, bone), which the network also sees in its lung box at inference
-    rng = np.random.default_rng(phantom.seed)
+    rng = np.random.default_rng(seed)
     inside = np.flatnonzero(lungs & (label == 0))
     outside = np.flatnonzero(~lungs & (label == 0))
-    take = min(len(outside), max(len(inside), 1))
-    bg = np.concatenate([inside, rng.choice(outside, size=take, replace=False) if take else outside])
+    if len(inside) == 0:  # no lungs found (not a chest CT?): negatives from anywhere
+        bg = outside
+    else:
+        take = min(len(outside), len(inside))
+        bg = np.concatenate([inside, rng.choice(outside, size=take, replace=False)])
     return {
         "image": window(torch.from_numpy(hu)[None], config.hu_window),
         "label": torch.from_numpy(label.astype(np.float32))[None],
@@ -184,12 +191,12 @@ def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     return F.kl_div(log_p, q, reduction="none").sum(1).mean() * temperature**2
 
 
-def candidate_table(detector: NoduleDetector, scans: list[Phantom]) -> tuple[np.ndarray, np.ndarray]:
+def candidate_table(detector: NoduleDetector, scans: list[Scan]) -> tuple[np.ndarray, np.ndarray]:
     """Features and hit labels (LUNA16: centre inside a true nodule's sphere) of every candidate."""
     rows, hits = [], []
-    for i, phantom in enumerate(scans):
-        detection = detector.detect(phantom_volume(phantom, f"fp-{i}"))
-        truths = [Truth("s", n.centre_mm, n.diameter_mm) for n in phantom.nodules]
+    for scan in scans:
+        detection = detector.detect(scan.volume)
+        truths = [Truth("s", centre, diameter) for centre, diameter in scan.truths]
         for c in detection.candidates:
             rows.append(c.features)
             hits.append(
@@ -220,17 +227,26 @@ def train(
     amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     started = time.perf_counter()
 
-    def draw(stream: str, n: int) -> list[Phantom]:
-        return list(phantoms(train_config.phantom_size, n, train_config.seed, STREAMS[stream]))
+    def draw(split: str, n: int) -> list[Scan]:
+        if train_config.data == "phantoms":
+            made = phantoms(train_config.phantom_size, n, train_config.seed, STREAMS[split])
+            return [phantom_scan(p, f"{split}-{i}") for i, p in enumerate(made)]
+        from apps.nodule.datasets import dataset_scans
 
-    items = [prepare_phantom(p, cfg) for p in draw("train", train_config.n_train)]
+        return list(dataset_scans(train_config.data, split, limit=n))
+
+    items = [
+        prepare_scan(s, cfg, train_config.seed + i) for i, s in enumerate(draw("train", train_config.n_train))
+    ]
+    if not items:
+        raise ValueError(f"no training scans in {train_config.data}")
     val_scans = draw("val", train_config.n_val)
     model = NoduleModel.create(cfg, seed=train_config.seed)
     net = model.net.to(dev)
     teacher_net = teacher.net.to(dev).eval() if teacher is not None else None
     augment = _augment(cfg, train_config)
     rng = np.random.default_rng(train_config.seed)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     sched = warmup_cosine(
         opt, warmup_steps=min(train_config.warmup_steps, train_config.steps), total_steps=train_config.steps
@@ -264,7 +280,7 @@ def train(
             if step % train_config.val_every == 0 or step == train_config.steps:
                 net.eval()
                 scores = score_detector(NoduleDetector(model, str(dev)), val_scans)
-                key = (scores["cpm"] or 0.0, scores["dice"])
+                key = (scores["cpm"] or 0.0, scores["dice"] or 0.0)
                 history.append(
                     {
                         "step": step,
@@ -329,4 +345,4 @@ def train(
     return model, metrics
 
 
-__all__ = ["STREAMS", "NoduleTrainConfig", "candidate_table", "prepare_phantom", "train"]
+__all__ = ["STREAMS", "NoduleTrainConfig", "candidate_table", "prepare_scan", "train"]

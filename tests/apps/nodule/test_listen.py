@@ -152,3 +152,49 @@ def test_listen_command_bad_input(tmp_path: Path) -> None:
     with PacsWorker(tmp_path / "busy", analyse=one_nodule_analysis, port=0) as busy:
         result = runner.invoke(app, ["--port", str(busy.scp.port), "--work", str(tmp_path)])
     assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{busy.scp.port}" in result.output
+
+
+@pytest.mark.integration
+def test_listen_command_runs_the_detector_end_to_end(orthanc, tmp_path: Path) -> None:
+    """``fathom nodule listen --once``: Orthanc C-MOVEs a CT series to it, the real pipeline runs
+    (an untrained tiny model that reports every candidate), SEG and SR go back to Orthanc."""
+    import dataclasses
+    import socket
+    import threading
+    import time
+
+    from apps.nodule.model import NoduleModel, NoduleNetConfig
+
+    model_dir = tmp_path / "model"
+    config = dataclasses.replace(NoduleNetConfig.tiny(), report_threshold=0.01, prob_threshold=0.45)
+    NoduleModel.create(config, seed=1).save(model_dir, name="test-tiny", metrics={}, summary="test")
+    files, study, series = ct_series(tmp_path / "ct", seed=304)
+    pacs = PacsClient(PacsNode("127.0.0.1", orthanc.dicom_port, orthanc.aet), timeout=10)
+    pacs.store(files)
+    port = free_port()
+    app = typer.Typer()
+    app.command()(listen_command)
+    peer = f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    args = ["--ae-title", "FATHOMCLI", "--port", str(port), "--pacs", peer, "--work", str(tmp_path / "work"),
+            "--model", str(model_dir), "--settle", "0.3", "--once"]  # fmt: skip
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=CliRunner().invoke(app, args)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    orthanc.add_modality("fathomcli", "FATHOMCLI", port)
+    pacs.move_series(study, series, "FATHOMCLI")
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "listen --once did not finish"
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (tmp_path / "work" / "ledger.jsonl").read_text().splitlines()]
+    assert record["status"] == "done" and record["series_uid"] == series and record["nodules"] >= 1
+    by_modality = {str(s.Modality): str(s.SeriesInstanceUID) for s in pacs.find_series(study)}
+    assert set(by_modality) == {"CT", "SEG", "SR"}
+    seg = pydicom.dcmread(pacs.get_series(study, by_modality["SEG"], tmp_path / "seg").files[0])
+    assert series in referenced_series(seg) and len(seg.SegmentSequence) == record["nodules"]
