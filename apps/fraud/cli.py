@@ -1,4 +1,4 @@
-"""``fathom fraud``: the fraud commands (simulate, train, evaluate, score, stream)."""
+"""``fathom fraud``: the fraud commands (simulate, train, evaluate, score, stream, drift)."""
 
 from __future__ import annotations
 
@@ -342,3 +342,65 @@ def stream_command(
         f"read {stats.read}: scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
         f"duplicates {stats.duplicates}; alerts in {alerts}"
     )
+
+
+@fraud_app.command("drift")
+def drift_command(
+    reference: Annotated[
+        Path, typer.Option("--reference", help="Transactions of a period the model is trusted on.")
+    ],
+    current: Annotated[Path, typer.Option("--current", help="Transactions to check against it.")],
+    window: Annotated[str, typer.Option(help="Report windows of the current file: 1D, 6h, 7D...")] = "1D",
+    warmup_days: Annotated[
+        float, typer.Option(help="First days of a fresh feature state that only build it.")
+    ] = 0.0,
+    model: ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    fail_on_alert: Annotated[
+        bool, typer.Option("--fail-on-alert", help="Exit with code 1 when any feature alerts.")
+    ] = False,
+) -> None:
+    """Drift (PSI, KS) of the features, scores and alert rate of --current against --reference."""
+    from apps.fraud.drift import fraud_drift
+
+    scorer = _scorer(model, explain=False)
+    ref_df = _load(reference, "--reference")
+    cur_df = _load(current, "--current")
+    try:
+        result = fraud_drift(
+            ref_df,
+            cur_df,
+            scorer=scorer,
+            window=window,
+            warmup_days=warmup_days,
+            progress=_progress(len(ref_df) + len(cur_df), "features"),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        overall = result.overall
+        print(
+            f"drift of {current.name} ({overall.n_current} tx) against {reference.name} "
+            f"({overall.n_reference} tx), model {result.model}: {result.status.upper()}"
+        )
+        print(
+            f"alert rate {result.reference_alert_rate:.2%} -> {result.current_alert_rate:.2%} "
+            f"at threshold {result.threshold:.3f}"
+        )
+        print(f"  {'feature':<22} {'PSI':>8} {'KS':>7} {'p-value':>9}  status")
+        for row in overall.features:
+            print(
+                f"  {row.feature:<22} {row.psi:>8.3f} {row.ks_statistic:>7.3f} {row.ks_p_value:>9.2g}  "
+                f"{row.status}{'' if row.status == 'ok' else ': ' + row.reason}"
+            )
+        print(f"per {window}:")
+        for item in result.windows_frame().itertuples():
+            flagged = f"; alerts: {item.alerts}" if item.alerts else ""
+            print(
+                f"  {item.window_start:%Y-%m-%d %H:%M} {item.n:>7} tx  {item.status:<5}  "
+                f"alert rate {item.alert_rate:.2%}{flagged}"
+            )
+    if fail_on_alert and result.any_alert:
+        raise typer.Exit(code=1)

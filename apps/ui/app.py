@@ -11,6 +11,7 @@ import streamlit as st
 from apps.customer_service import ui as cs_ui
 from apps.fraud import ui as fraud_ui
 from apps.nodule import ui as nodule_ui
+from apps.ui import models as models_ui
 
 
 def home() -> None:
@@ -59,6 +60,7 @@ def main() -> None:
             url_path="fraud",
         ),
         st.Page(nodule_ui.render, title="Lung nodules", icon=":material/pulmonology:", url_path="nodule"),
+        st.Page(models_ui.render, title="Models & drift", icon=":material/monitoring:", url_path="models"),
     ]
     st.navigation(pages).run()
 
