@@ -31,7 +31,7 @@ from apps.fraud.evaluate import BASELINES, fit_baselines, metrics, quality_table
 from apps.fraud.features import FEATURE_NAMES, SEQ_LEN, STEP_NAMES, FeatureState
 from apps.fraud.model import FraudModelConfig, FraudNet, GraphTensors, load_rows, score_prepared
 from core.config import ConfigMixin, models_dir
-from core.training import TrainConfig, Trainer, load_checkpoint, read_card, save_checkpoint
+from core.training import TrainConfig, Trainer, distributed, load_checkpoint, read_card, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def train(
             )
     cards = df["customer_id"].astype(str).to_numpy()
 
+    run = distributed.init_distributed()  # under torchrun (WORLD_SIZE > 1): DDP, else one process
     torch.manual_seed(cfg.seed)
     model = FraudNet(mcfg)
     model.fit_normalisation(prepared.features[train_rows])
@@ -207,7 +208,7 @@ def train(
         features, sequences = load_rows(prepared, rows, device)
         card = terminal = None
         if mcfg.use_graph:
-            card_table, terminal_table = net.embed_graph(graph(d))
+            card_table, terminal_table = distributed.unwrap(net).embed_graph(graph(d))
             card = card_table[torch.from_numpy(prepared.card_node[rows]).to(device)]
             terminal = terminal_table[torch.from_numpy(prepared.terminal_node[rows]).to(device)]
         logits = net(features, sequences, card, terminal)
@@ -215,12 +216,14 @@ def train(
         return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
 
     def evaluate(net: FraudNet) -> dict[str, float]:
-        scores = score_prepared(net, prepared, val_rows, device=device)
+        scores = score_prepared(distributed.unwrap(net), prepared, val_rows, device=device)
         return metrics(labels[val_rows], scores, prepared.times[val_rows], cards[val_rows])
 
     batches = _day_batches(prepared, train_rows, labels, cfg.neg_rate, cfg.seed, cfg.day_splits)
+    # DDP: each rank its share of every epoch's days, gradients averaged; rank 0 validates and saves
+    batches = distributed.shard_epochs(batches)
     trainer = Trainer(
-        model,
+        distributed.wrap_ddp(model.to(device)),
         TrainConfig(
             epochs=cfg.epochs,
             lr=cfg.lr,
@@ -237,7 +240,7 @@ def train(
         on_epoch=on_epoch,
     )
     start = time.perf_counter()
-    result = trainer.fit(batches, len(batches(0)), loss_fn, evaluate)
+    result = trainer.fit(batches, len(batches(0)), loss_fn, distributed.on_main(evaluate))
     seconds["train"] = round(time.perf_counter() - start, 2)
     with torch.no_grad():
         model.logit_offset.fill_(math.log(cfg.neg_rate))
@@ -246,7 +249,7 @@ def train(
     threshold = alert_threshold(labels[val_rows], score_prepared(model, prepared, val_rows, device=device))
 
     baselines: dict[str, dict[str, float]] = {}
-    if cfg.baselines:
+    if cfg.baselines and run.is_main:
         start = time.perf_counter()
         fitted = fit_baselines(prepared.features[train_rows], labels[train_rows], seed=cfg.seed)
         for name in BASELINES:
@@ -265,7 +268,7 @@ def train(
         seconds=seconds,
         alert_threshold=threshold,
     )
-    if out_dir is not None:
+    if out_dir is not None and run.is_main:
         report.out_dir = save_model(model, out_dir, cfg, report, df, data_files or {})
     return report
 

@@ -1,4 +1,4 @@
-"""``fathom nodule``: phantoms, detect, evaluate, train, listen (PACS worker), deid."""
+"""``fathom nodule``: phantoms, detect, batch, evaluate, train, listen (PACS worker), deid."""
 
 from __future__ import annotations
 
@@ -252,10 +252,12 @@ def train_command(
     )
 
 
-def _register_listen() -> None:
+def _register() -> None:
+    from apps.nodule.batch import batch_command
     from apps.nodule.listen import listen_command
 
     nodule_app.command("listen")(listen_command)
+    nodule_app.command("batch")(batch_command)
 
 
-_register_listen()
+_register()

@@ -173,8 +173,15 @@ class NoduleDetector:
         ]
         labels = np.zeros(volume.shape, np.uint16)
         nodules = []
+        objects = ndimage.find_objects(comp) if reported else []
         for c, cid in reported:
-            measured = self._measure(c, prob, comp == cid, volume, labels, len(nodules) + 1)
+            # the component's box in the working grid, grown by 2 voxels for the dilation below
+            box = tuple(
+                slice(max(0, sl.start - 2), min(n, sl.stop + 2))
+                for sl, n in zip(objects[cid - 1], comp.shape, strict=True)
+            )
+            start = np.array([sl.start for sl in box])
+            measured = self._measure(c, prob[box], comp[box] == cid, start, volume, labels, len(nodules) + 1)
             if measured is not None:
                 nodules.append(measured)
         timings["candidates_s"] = time.perf_counter() - t2
@@ -234,20 +241,25 @@ class NoduleDetector:
         c: Candidate,
         prob: np.ndarray,
         member: np.ndarray,
+        start: np.ndarray,
         volume: CTVolume,
         labels: np.ndarray,
         value: int,
     ) -> Candidate | None:
-        """Re-measure a reported candidate on the source grid and paint it into ``labels``."""
+        """Re-measure a reported candidate on the source grid and paint it into ``labels``.
+
+        ``prob`` and ``member`` are the working-grid box of the component that begins at ``start``.
+        """
         t = self.config.spacing_mm
         spacing = np.asarray(volume.spacing, np.float64)
         member = ndimage.binary_dilation(member, iterations=1)
-        lo_w = np.argwhere(member).min(0)
-        hi_w = np.argwhere(member).max(0) + 1
+        found = np.argwhere(member)
+        lo_w, hi_w = found.min(0) + start, found.max(0) + 1 + start
         lo = np.maximum(np.floor(lo_w * t / spacing).astype(int) - 1, 0)
         hi = np.minimum(np.ceil(hi_w * t / spacing).astype(int) + 1, volume.shape)
         grids = np.meshgrid(
-            *[np.arange(a, b) * s / t for a, b, s in zip(lo, hi, spacing, strict=True)], indexing="ij"
+            *[np.arange(a, b) * s / t - o for a, b, s, o in zip(lo, hi, spacing, start, strict=True)],
+            indexing="ij",
         )
         local = ndimage.map_coordinates(np.where(member, prob, 0.0), grids, order=1, mode="constant")
         mask = (local > self.config.prob_threshold) & (

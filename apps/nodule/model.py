@@ -38,6 +38,9 @@ class NoduleNetConfig(ConfigMixin):
         channels: U-Net channels per level.
         strides: Down-sampling strides between levels (``len(channels) - 1`` of them).
         num_res_units: Residual units per block.
+        norm: ``batch`` or ``instance``. Batch norm keeps eval-time statistics fixed, so a sliding
+            window larger than the training crop sees the same normalisation (instance norm would
+            renormalise each window by its own content, which shifts the probabilities).
         dropout: Dropout in the blocks.
         spacing_mm: Isotropic working grid, mm.
         patch: Training crop edge, voxels of the working grid.
@@ -54,10 +57,11 @@ class NoduleNetConfig(ConfigMixin):
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
+    norm: str = "batch"
     dropout: float = 0.0
     spacing_mm: float = 1.5
     patch: int = 48
-    roi: int = 96
+    roi: int = 64
     overlap: float = 0.25
     sw_batch_size: int = 2
     hu_window: tuple[float, float] = (-1000.0, 400.0)
@@ -82,6 +86,8 @@ class NoduleNetConfig(ConfigMixin):
             value = getattr(self, name)
             if value < step or value % step:
                 raise ValueError(f"{name} ({value}) must be a positive multiple of the total stride {step}")
+        if self.norm not in ("batch", "instance"):
+            raise ValueError(f"norm must be 'batch' or 'instance', got {self.norm!r}")
         if self.spacing_mm <= 0:
             raise ValueError(f"spacing_mm must be > 0, got {self.spacing_mm}")
         if not 0 <= self.overlap < 1:
@@ -126,6 +132,7 @@ def build_network(config: NoduleNetConfig) -> nn.Module:
         channels=config.channels,
         strides=config.strides,
         num_res_units=config.num_res_units,
+        norm=config.norm,
         dropout=config.dropout,
     )
 

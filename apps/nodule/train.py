@@ -36,6 +36,7 @@ from apps.nodule.model import NoduleModel, NoduleNetConfig
 from apps.nodule.preprocess import lung_mask, resample, window
 from apps.nodule.validate import Scan, phantom_scan, phantoms, score_detector
 from core.config import ConfigMixin
+from core.training import distributed
 from core.training.schedule import warmup_cosine
 
 _log = logging.getLogger(__name__)
@@ -76,13 +77,13 @@ class NoduleTrainConfig(ConfigMixin):
     n_fp: int = 8
     n_val: int = 6
     seed: int = 0
-    steps: int = 1200
+    steps: int = 1000
     volumes_per_step: int = 2
     crops_per_volume: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-5
     warmup_steps: int = 50
-    val_every: int = 300
+    val_every: int = 250
     amp: bool | None = None
     alpha: float = 0.5
     temperature: float = 2.0
@@ -223,6 +224,8 @@ def train(
 
     cfg = NoduleNetConfig.named(train_config.model)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = distributed.init_distributed()  # under torchrun (WORLD_SIZE > 1): DDP, else one process
+    dev, progress = distributed.local_device(dev), progress and run.is_main
     amp = dev.type == "cuda" if train_config.amp is None else train_config.amp
     amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     started = time.perf_counter()
@@ -246,6 +249,11 @@ def train(
     teacher_net = teacher.net.to(dev).eval() if teacher is not None else None
     augment = _augment(cfg, train_config)
     rng = np.random.default_rng(train_config.seed)
+    # DDP: gradients averaged over ranks, each rank its own crops; rank 0 validates and saves
+    train_net = distributed.wrap_ddp(net)
+    if run.distributed:
+        rng = np.random.default_rng(distributed.rank_seed(train_config.seed))
+        augment.set_random_state(seed=distributed.rank_seed(train_config.seed))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     sched = warmup_cosine(
@@ -262,7 +270,7 @@ def train(
             x, y = _batch(items, augment, rng, train_config.volumes_per_step, cfg.patch)
             x, y = x.to(dev), y.to(dev)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
-                logits = net(x)
+                logits = train_net(x)
                 loss = loss_fn(logits.float(), y)
                 if teacher_net is not None:
                     with torch.no_grad():
@@ -279,7 +287,7 @@ def train(
             bar.advance(task)
             if step % train_config.val_every == 0 or step == train_config.steps:
                 net.eval()
-                scores = score_detector(NoduleDetector(model, str(dev)), val_scans)
+                scores = distributed.on_main(score_detector)(NoduleDetector(model, str(dev)), val_scans)
                 key = (scores["cpm"] or 0.0, scores["dice"] or 0.0)
                 history.append(
                     {
@@ -296,6 +304,8 @@ def train(
                     best, best_state, best_step = key, copy.deepcopy(net.state_dict()), step
     net.load_state_dict(best_state)
     net.eval()
+    if not run.is_main:  # DDP: the replicas are equal; rank 0 fits the reducer and saves
+        return model, {"rank": run.rank, "best_step": best_step, "history": history}
     fp_scans = draw("fp", train_config.n_fp)
     features, hits = candidate_table(NoduleDetector(model, str(dev)), fp_scans)
     fp_note = ""
