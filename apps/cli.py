@@ -316,6 +316,53 @@ def bench_nodule(
         print(json.dumps(report, indent=2))
 
 
+@bench_app.command("compress")
+def bench_compress(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated: fraud, intent.")] = "fraud,intent",
+    quick: Annotated[bool, typer.Option(help="Tiny data and timing budgets (smoke run).")] = False,
+    fraud_model: Annotated[Path | None, typer.Option(help="Fraud model folder (default: shipped).")] = None,
+    fraud_data: Annotated[
+        Path | None, typer.Option(help="Handbook folder or labelled transactions (default: the handbook).")
+    ] = None,
+    intent_model: Annotated[Path | None, typer.Option(help="Router folder (default: shipped).")] = None,
+    intent_csv: Annotated[
+        Path | None, typer.Option(help="text,category CSV (default: the card's BANKING77 split).")
+    ] = None,
+    prune: Annotated[str, typer.Option(help="Comma-separated pruning fractions.")] = "0.3,0.5",
+    fraud_batch: Annotated[int, typer.Option(help="Transactions per timed fraud batch.")] = 1024,
+    intent_batch: Annotated[int, typer.Option(help="Messages per timed intent batch.")] = 32,
+    threads: Annotated[int | None, typer.Option(help="torch/onnxruntime threads (default: torch's).")] = None,
+) -> None:
+    """Pruned, int8 and ONNX fraud model and intent router: size, speed, quality vs fp32."""
+    from apps.bench import compress
+
+    try:
+        amounts = tuple(float(a) for a in prune.split(",") if a.strip())
+        with console.status("benchmarking compression") as status:
+            report = compress.run(
+                [m.strip() for m in models.split(",") if m.strip()],
+                quick=quick,
+                fraud_model=fraud_model,
+                fraud_data=fraud_data,
+                intent_model=intent_model,
+                intent_csv=intent_csv,
+                fraud_batch=fraud_batch,
+                intent_batch=intent_batch,
+                prune_amounts=amounts,
+                threads=threads,
+                json_path=json_path,
+                progress=status.update,
+            )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+    _print_results(report)
+    if json_path is not None:
+        console.print(f"report written to {json_path}")
+    else:
+        print(json.dumps(report, indent=2))
+
+
 @bench_app.command("table")
 def bench_table(
     path: Annotated[Path, typer.Argument(help="A report written by fathom bench <area> --json.")],
