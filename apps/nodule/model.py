@@ -58,7 +58,7 @@ class NoduleNetConfig(ConfigMixin):
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
     norm: str = "batch"
-    dropout: float = 0.0
+    dropout: float = 0.1
     spacing_mm: float = 1.5
     patch: int = 48
     roi: int = 64

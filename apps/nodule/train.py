@@ -7,8 +7,9 @@ Recipe (``NoduleTrainConfig`` defaults reproduce the shipped ``models/nodule-det
   LUNA16 / LIDC-IDRI (``data``); each resampled to the working grid and windowed (``preprocess``),
   ground truth resampled with nearest neighbour;
 - MONAI dictionary transforms: balanced positive/negative crops (``RandCropByPosNegLabeld``;
-  half the negatives drawn inside the lungs, where the vessels are), flips on every axis, in-plane
-  90 degree rotations, intensity scale and shift;
+  positives centred on every nodule equally often, whatever its size; half the negatives inside
+  the lungs, where the vessels are), flips on every axis, in-plane 90 degree rotations, small
+  random rotations and scaling (new shapes and sizes from the same phantoms), intensity scale and shift;
 - Dice (nodule class, over the whole batch) + cross-entropy (``DiceCELoss``), AdamW with warm-up
   and cosine decay, mixed precision on CUDA (``amp: true`` in the config forces bf16 on CPU);
 - sliding-window validation: CPM and Dice of the full detector on the validation phantoms every
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from apps.nodule.detect import NoduleDetector
 from apps.nodule.evaluate import Truth
@@ -41,6 +43,7 @@ from core.training.schedule import warmup_cosine
 
 _log = logging.getLogger(__name__)
 
+POSITIVES_PER_NODULE = 64
 # seed streams (see validate.py): the network's phantoms, the reducer's, validation's
 STREAMS = {"train": 0, "fp": 1, "val": 2}
 
@@ -73,15 +76,15 @@ class NoduleTrainConfig(ConfigMixin):
     model: str = "default"
     data: str = "phantoms"
     phantom_size: str = "medium"
-    n_train: int = 24
+    n_train: int = 48
     n_fp: int = 8
     n_val: int = 6
     seed: int = 0
-    steps: int = 1000
+    steps: int = 800
     volumes_per_step: int = 2
     crops_per_volume: int = 4
     lr: float = 3e-3
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-4
     warmup_steps: int = 50
     val_every: int = 250
     amp: bool | None = None
@@ -116,10 +119,19 @@ def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
     hu = resample(volume.hu, volume.spacing, t)
     label = resample(scan.nodule_mask().astype(np.uint8), volume.spacing, t, labels=True)
     lungs = lung_mask(hu, (t, t, t))
-    fg = np.flatnonzero(label)
+    rng = np.random.default_rng(seed)
+    # positives: the same number of centre voxels from every nodule, so a 4 mm nodule is cropped as
+    # often as a 30 mm one (per-voxel sampling would show the network mostly the large ones)
+    nodules, n_nodules = ndimage.label(label > 0)
+    flat = nodules.ravel()
+    fg_parts = [np.flatnonzero(flat == i) for i in range(1, n_nodules + 1)]
+    fg = (
+        np.concatenate([rng.choice(part, size=POSITIVES_PER_NODULE, replace=True) for part in fg_parts])
+        if fg_parts
+        else np.zeros(0, np.int64)
+    )
     # negatives: half in the lungs (vessels, airways: the hard ones), half anywhere else (chest
     # wall, mediastinum, bone), which the network also sees in its lung box at inference
-    rng = np.random.default_rng(seed)
     inside = np.flatnonzero(lungs & (label == 0))
     outside = np.flatnonzero(~lungs & (label == 0))
     if len(inside) == 0:  # no lungs found (not a chest CT?): negatives from anywhere
@@ -129,7 +141,7 @@ def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
         bg = np.concatenate([inside, rng.choice(outside, size=take, replace=False)])
     return {
         "image": window(torch.from_numpy(hu)[None], config.hu_window),
-        "label": torch.from_numpy(label.astype(np.float32))[None],
+        "label": torch.from_numpy(label.astype(np.uint8))[None],
         "fg": fg,
         "bg": bg,
     }
@@ -138,6 +150,7 @@ def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
 def _augment(config: NoduleNetConfig, train: NoduleTrainConfig):
     from monai.transforms import (
         Compose,
+        RandAffined,
         RandCropByPosNegLabeld,
         RandFlipd,
         RandRotate90d,
@@ -164,6 +177,15 @@ def _augment(config: NoduleNetConfig, train: NoduleTrainConfig):
             RandFlipd(keys, prob=0.5, spatial_axis=1),
             RandFlipd(keys, prob=0.5, spatial_axis=2),
             RandRotate90d(keys, prob=0.5, spatial_axes=(1, 2)),
+            # small rotations and size changes: new nodule shapes and sizes from the same phantoms
+            RandAffined(
+                keys,
+                prob=0.5,
+                rotate_range=(0.26, 0.26, 0.26),
+                scale_range=(0.15, 0.15, 0.15),
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.05, prob=0.5),
         ]
@@ -182,7 +204,7 @@ def _batch(
                 flat = [v for p in reversed(pad) for v in p]
                 image, label = F.pad(image, flat), F.pad(label, flat)
             images.append(image)
-            labels.append(label)
+            labels.append(label.float())
     return torch.stack(images), torch.stack(labels)
 
 
@@ -204,6 +226,24 @@ def candidate_table(detector: NoduleDetector, scans: list[Scan]) -> tuple[np.nda
                 any(np.linalg.norm(np.subtract(c.center_mm, t.center_mm)) < t.diameter_mm / 2 for t in truths)
             )
     return np.asarray(rows, np.float64).reshape(len(rows), -1), np.asarray(hits, bool)
+
+
+def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
+    """The command that trains this model again (options that differ from the defaults spelled out)."""
+    defaults = NoduleTrainConfig(model=config.model)
+    flags = {"steps": "--steps", "n_train": "--n-train", "phantom_size": "--phantom-size", "seed": "--seed",
+             "data": "--data"}  # fmt: skip
+    parts = [f"fathom nodule train --model {config.model}"]
+    parts += [f"{flag} {getattr(config, key)}" for key, flag in flags.items()
+              if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
+    others = {k: v for k, v in config.to_dict().items() if k not in flags and k != "model"}
+    if distilled:
+        parts.append("--teacher models/nodule-detector")
+    if others != {k: v for k, v in defaults.to_dict().items() if k not in flags and k != "model"}:
+        return (
+            "`" + " ".join(parts) + " --config train.yaml --out DIR` (train.yaml: this card's `config.train`)"
+        )
+    return "`" + " ".join(parts) + " --out DIR`"
 
 
 def train(
@@ -347,9 +387,7 @@ def train(
             sections={
                 "Intended use": "Research and engineering tests of the Fathom pipeline. Trained only on "
                 "synthetic phantoms: not validated on patient data, not a medical device.",
-                "Reproduce": f"`fathom nodule train --model {train_config.model}"
-                + (" --teacher models/nodule-detector" if teacher else "")
-                + " --out DIR`",
+                "Reproduce": _reproduce(train_config, teacher is not None),
             },
         )
     return model, metrics
