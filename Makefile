@@ -18,10 +18,7 @@ setup: $(STAMP)
 
 ## The main job on the embedded defaults (grows with each app).
 demo: setup
-	$(BIN)/fathom cs ask --batch apps/customer_service/sample_questions.txt
-	@mkdir -p results
-	$(BIN)/fathom fraud simulate --days 21 --out results/fraud-transactions.csv
-	$(BIN)/fathom fraud score --transactions results/fraud-transactions.csv --out results/fraud-scores.csv --alerts results/fraud-alerts.db
+	$(BIN)/fathom demo --no-ui --out results
 	$(BIN)/fathom bench moe --device cpu --json results/bench-moe.json
 
 ## Lint + the test suite (what CI runs).

@@ -31,6 +31,10 @@ moe_app = typer.Typer(
 )
 app.add_typer(moe_app, name="moe")
 
+from apps.demo import demo_command  # noqa: E402  (light: loads nothing heavy at import)
+
+app.command("demo")(demo_command)
+
 console = Console(stderr=True)
 
 

@@ -2,7 +2,7 @@
 # Debian packages the integration tests use (real servers started by the tests' fixtures).
 # Without root or apt-get this only warns: the tests that need a missing server skip with the reason.
 set -uo pipefail
-PACKAGES=(redis-server orthanc orthanc-dicomweb prometheus)
+PACKAGES=(redis-server orthanc orthanc-dicomweb prometheus chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
