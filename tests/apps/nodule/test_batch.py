@@ -77,11 +77,14 @@ def test_ray_matches_in_process(
 ) -> None:
     ray = pytest.importorskip("ray")
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ours = not ray.is_initialized()  # another test may have started Ray already: reuse it, leave it up
+    if ours:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ray_records = analyse_folder(studies, tmp_path / "ray", model_dir=model_dir, use_ray=True, num_cpus=2)
     finally:
-        ray.shutdown()
+        if ours:
+            ray.shutdown()
     print(f"ray: {len(ray_records)} studies in {time.perf_counter() - started:.1f} s (with ray.init)")
     assert [_comparable(r) for r in ray_records] == [_comparable(r) for r in local_records]
     done = [r for r in ray_records if r["status"] == "done"]
