@@ -222,7 +222,9 @@ def test_nodule_page_makes_a_sample_and_finds_nodules(page, ui_url: str) -> None
     assert "tiny-browser-test" in page.inner_text("body")  # the model of FATHOM_NODULE_MODEL
     if "No nodule" not in found.inner_text():
         page.locator('[data-testid="stDataFrame"]').first.wait_for()
-    assert page.locator('[data-testid="stImage"]').count() >= 3  # axial, coronal, sagittal
+    # axial, coronal, sagittal: the views render after the heading, so wait for the third one
+    page.locator('[data-testid="stImage"]').nth(2).wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stImage"]').count() >= 3
     _no_exception(page)
 
 
