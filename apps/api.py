@@ -33,7 +33,7 @@ from fastapi import FastAPI
 
 from apps.customer_service.api import AssistantLike
 from apps.customer_service.api import make_router as make_cs_router
-from apps.fraud.api import AlertStoreLike, ScorerLike
+from apps.fraud.api import DEFAULT_MAX_BATCH, AlertStoreLike, ScorerLike
 from apps.fraud.api import make_router as make_fraud_router
 from apps.nodule.api import MAX_UPLOAD_BYTES
 from apps.nodule.api import make_router as make_nodule_router
@@ -125,6 +125,8 @@ def create_api(
     nodule_results_dir: str | Path | None = None,
     preload: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    fraud_max_batch: int = DEFAULT_MAX_BATCH,
+    fraud_max_wait_ms: float = 0.0,
     **app_options: Any,
 ) -> FastAPI:
     """The Fathom API: ``/cs/*``, ``/fraud/*`` and ``/nodule/*`` plus ``/healthz``, ``/metrics``, ``/docs``.
@@ -140,6 +142,9 @@ def create_api(
             (see the module docstring), at startup instead of on first use; a model that fails to
             load is logged and reported by ``/healthz``, not fatal.
         max_body_bytes: the largest request body, except nodule uploads (``MAX_UPLOAD_BYTES``).
+        fraud_max_batch: the most transactions one micro-batched fraud scoring call takes (1: no
+            micro-batching; see ``apps.fraud.api.make_router``).
+        fraud_max_wait_ms: how long a fraud scoring batch waits for more requests (0: none).
         **app_options: passed on to ``core.serving.create_app`` (``registry``, ...).
 
     Returns:
@@ -179,7 +184,9 @@ def create_api(
         ),
         routers=[
             make_cs_router(assistant.get),
-            make_fraud_router(scorer.get, alerts.get),
+            make_fraud_router(
+                scorer.get, alerts.get, max_batch=fraud_max_batch, max_wait_ms=fraud_max_wait_ms
+            ),
             make_nodule_router(detector.get, results),
         ],
         api_key=api_key,
@@ -203,6 +210,8 @@ def serve(
     *,
     preload: bool = True,
     log_level: str = "info",
+    fraud_max_batch: int = DEFAULT_MAX_BATCH,
+    fraud_max_wait_ms: float = 0.0,
 ) -> None:
     """Run the API with uvicorn until interrupted.
 
@@ -212,6 +221,7 @@ def serve(
         api_key: as in ``create_api`` (None: ``$FATHOM_API_KEY``).
         preload: build the assistant and the fraud scorer before accepting requests.
         log_level: uvicorn's log level.
+        fraud_max_batch, fraud_max_wait_ms: fraud scoring micro-batching (see ``create_api``).
 
     Raises:
         ValueError: a port outside 0-65535 or a bad ``api_key``.
@@ -220,7 +230,9 @@ def serve(
 
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in 0-65535, got {port!r}")
-    app = create_api(api_key, preload=preload)
+    app = create_api(
+        api_key, preload=preload, fraud_max_batch=fraud_max_batch, fraud_max_wait_ms=fraud_max_wait_ms
+    )
     if api_key is None and api_key_from_env() is None:
         level = logging.WARNING if host in LOOPBACK else logging.ERROR
         _log.log(

@@ -36,6 +36,7 @@ from apps.demo import demo_command  # noqa: E402  (light: loads nothing heavy at
 app.command("demo")(demo_command)
 
 console = Console(stderr=True)
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def _fail(message: str) -> None:
@@ -92,7 +93,8 @@ def _print_results(data: dict) -> None:
     table.add_column("note", max_width=60, no_wrap=True, overflow="ellipsis")
     for row in data["results"]:
         note = row.get("skipped", "")
-        for key in ("tflops", "dense_matmul_fraction", "expert_weight_gbps", "cpm", "dice", "n_nodules"):
+        for key in ("tflops", "dense_matmul_fraction", "expert_weight_gbps", "cpm", "dice", "n_nodules",
+                    "p99_ms", "requests_per_s", "error_rate", "mean_batch"):  # fmt: skip
             if key in row:
                 note += f"{key}={row[key]} "
         table.add_row(
@@ -367,6 +369,42 @@ def bench_compress(
         print(json.dumps(report, indent=2))
 
 
+@bench_app.command("api")
+def bench_api(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="POST /fraud/score requests per second.")] = 200.0,
+    duration: Annotated[float, typer.Option(min=1.0, help="Measured seconds per phase.")] = 30.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Unmeasured seconds before each fraud phase.")] = 5.0,
+    quick: Annotated[bool, typer.Option(help="20 requests/s for 3 s (smoke run).")] = False,
+    baseline: Annotated[bool, typer.Option(help="Also load a server without micro-batching.")] = True,
+    routes: Annotated[bool, typer.Option(help="Also load the other routes (mixed phase).")] = True,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads in the server.")] = None,
+) -> None:
+    """Load test of fathom serve on loopback (locust): requests/s, p50/p99 and errors per route."""
+    from apps.bench import api
+
+    try:
+        with console.status("benchmarking the API") as status:
+            report = api.run(
+                rate=rate,
+                duration_s=duration,
+                warmup_s=warmup,
+                quick=quick,
+                baseline=baseline,
+                routes=routes,
+                threads=threads,
+                json_path=json_path,
+                progress=status.update,
+            )
+    except (ValueError, RuntimeError, TimeoutError) as exc:
+        _fail(str(exc).splitlines()[0])
+    _print_results(report)
+    if json_path is not None:
+        console.print(f"report written to {json_path}")
+    else:
+        print(json.dumps(report, indent=2))
+
+
 @bench_app.command("table")
 def bench_table(
     path: Annotated[Path, typer.Argument(help="A report written by fathom bench <area> --json.")],
@@ -450,12 +488,33 @@ def serve(
     api_key: Annotated[
         str | None, typer.Option(help="Require this key (X-API-Key); default $FATHOM_API_KEY.")
     ] = None,
+    fraud_max_batch: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Micro-batching: the most transactions scored in one call across requests (1: off)."
+        ),
+    ] = 256,
+    fraud_max_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="Micro-batching: wait this long for more requests (0: none).")
+    ] = 0.0,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn's log level: critical, error, warning, info (access log), debug.")
+    ] = "info",
 ) -> None:
-    """Serve the suite's HTTP API (FastAPI): POST /cs/ask, /healthz, /metrics, /docs."""
+    """Serve the suite's HTTP API (FastAPI): /cs, /fraud and /nodule routes, /healthz, /metrics, /docs."""
     from apps.api import serve as run_api
 
     try:
-        run_api(host, port, api_key)
+        if log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+        run_api(
+            host,
+            port,
+            api_key,
+            log_level=log_level,
+            fraud_max_batch=fraud_max_batch,
+            fraud_max_wait_ms=fraud_max_wait_ms,
+        )
     except (ValueError, OSError, FileNotFoundError) as exc:
         _fail(str(exc).splitlines()[0])
 

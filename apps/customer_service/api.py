@@ -20,6 +20,7 @@ from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from apps.customer_service.schemas import SESSION_ID, AskRequest, AskResult, Intent
+from core.serving import ErrorBody
 
 
 class AssistantLike(Protocol):
@@ -80,7 +81,12 @@ def _session_id(value: str) -> str:
     return value
 
 
-SessionId = Annotated[str, PathParam(description="The conversation's id."), AfterValidator(_session_id)]
+# The pattern is declared in the OpenAPI only; ``_session_id`` enforces it with a message a person reads.
+SessionId = Annotated[
+    str,
+    PathParam(description="The conversation's id.", json_schema_extra={"pattern": SESSION_ID.pattern}),
+    AfterValidator(_session_id),
+]
 
 
 def make_router(get_assistant: Callable[[], AssistantLike]) -> APIRouter:
@@ -122,7 +128,7 @@ def make_router(get_assistant: Callable[[], AssistantLike]) -> APIRouter:
         "/sessions/{session_id}",
         response_model=SessionHistory,
         summary="A conversation's history",
-        responses={404: {"description": "No conversation has this id"}},
+        responses={404: {"model": ErrorBody, "description": "No conversation has this id"}},
     )
     def session(session_id: SessionId) -> dict[str, Any]:
         """The turns of a conversation, oldest first: role, text, intent, sources and hand-off."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_QUESTION_CHARS = 4000
+NOT_BLANK = r"\S"  # a non-whitespace character somewhere
 
 
 class Source(BaseModel):
@@ -47,8 +48,12 @@ class HandoffOut(BaseModel):
 class AskRequest(BaseModel):
     """One customer message. ``session_id`` ties turns into one conversation."""
 
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-    session_id: str | None = None
+    # The patterns only document the validators below in the JSON schema (the API's OpenAPI); the
+    # validators enforce them, with messages a person can act on.
+    question: str = Field(
+        min_length=1, max_length=MAX_QUESTION_CHARS, json_schema_extra={"pattern": NOT_BLANK}
+    )
+    session_id: str | None = Field(default=None, json_schema_extra={"pattern": SESSION_ID.pattern})
 
     @field_validator("question")
     @classmethod

@@ -2,6 +2,9 @@
 
 - ``POST /fraud/score``: one transaction, or ``{"transactions": [...]}`` (1-10,000), scored from the
   live state in time order; alerting results go to the alert store (idempotent by transaction id).
+  Concurrent requests are micro-batched: whatever waits while a batch runs is scored in the next
+  one (``core.serving.MicroBatcher``, one ``score_many`` call, one model forward), so the model's
+  per-call cost is shared under load while a lone request is not delayed.
 - ``GET /fraud/alerts``: a page of the queue; ``GET /fraud/alerts/summary``: counts per status;
   ``GET /fraud/alerts/{transaction_id}``: one alert.
 - ``POST /fraud/alerts/{transaction_id}/decision``: an analyst's decision, fed back to the scorer as
@@ -25,13 +28,14 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.streams.schema import Transaction
-from core.serving import ResourceUnavailable
+from connectors.streams.schema import DEFAULT_CURRENCY, MAX_AMOUNT, Transaction
+from core.serving import ErrorBody, ResourceUnavailable
+from core.serving.batching import MicroBatcher
 
 if TYPE_CHECKING:
     from apps.fraud.alerts import Alert
@@ -41,6 +45,7 @@ MAX_BATCH = 10_000
 MAX_ID = 128  # as apps.fraud.alerts.MAX_ID: the alert store's id columns
 MAX_PAGE = 1_000
 MAX_ERRORS = 50  # validation errors reported for one request; the rest are counted
+DEFAULT_MAX_BATCH = 256  # transactions per micro-batched scoring call
 
 Status = Literal["open", "fraud", "legitimate"]
 Decision = Literal["fraud", "legitimate"]
@@ -77,14 +82,63 @@ class AlertStoreLike(Protocol):
 
 
 # --- request and response shapes -------------------------------------------------------------------------
-class TransactionIn(Transaction):
-    """A transaction to score: ``connectors.streams.Transaction``, ids at most 128 characters."""
+# not blank, no ASCII whitespace around it (spelled out: "\s" differs between regex dialects)
+ID_PATTERN = r"^[^ \t\n\r\f\v]([\s\S]*[^ \t\n\r\f\v])?$"
 
-    @field_validator("transaction_id", "customer_id", "terminal_id", mode="after")
+
+class TransactionIn(Transaction):
+    """A transaction to score: ``connectors.streams.Transaction`` as strict JSON.
+
+    The stream connectors read CSV and message fields leniently (integer ids, ``"fraud"``/``0`` labels,
+    whitespace trimmed); the API takes exactly what its OpenAPI spec says, so a client learns of a
+    wrong type instead of having it coerced: ids are strings of 1-128 characters without whitespace
+    around them, ``amount`` a JSON number up to ``MAX_AMOUNT``, ``timestamp`` an ISO 8601 string,
+    ``label`` a boolean or null, ``channel`` and ``merchant_category`` strings or null.
+    """
+
+    transaction_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
+    customer_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
+    terminal_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
+    amount: float = Field(json_schema_extra={"minimum": 0, "maximum": MAX_AMOUNT})
+    currency: str | None = Field(
+        default=DEFAULT_CURRENCY,
+        description="ISO 4217 code (any case); blank or null: EUR.",
+        json_schema_extra={"pattern": r"^\s*([A-Za-z]{3})?\s*$"},
+    )
+
+    @field_validator("transaction_id", "customer_id", "terminal_id", mode="before")
     @classmethod
-    def _short_id(cls, value: str) -> str:
-        if len(value) > MAX_ID:
-            raise ValueError(f"must be at most {MAX_ID} characters")
+    def _id_text(cls, value: Any) -> Any:  # replaces Transaction's lenient one
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, not {type(value).__name__}")
+        return value
+
+    @field_validator("channel", "merchant_category", mode="before")
+    @classmethod
+    def _optional_text(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"must be a string or null, not {type(value).__name__}")
+        return value.strip() or None if isinstance(value, str) else None
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"must be true, false or null, not {value!r}")
+        return value
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, not {type(value).__name__}")
+        return value
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f"must be an ISO 8601 date-time string, not {type(value).__name__}")
         return value
 
 
@@ -229,28 +283,70 @@ def _alert_json(alert: Alert) -> dict[str, Any]:
     return asdict(alert)
 
 
-def make_router(get_scorer: Callable[[], ScorerLike], get_alerts: Callable[[], AlertStoreLike]) -> APIRouter:
+def make_router(
+    get_scorer: Callable[[], ScorerLike],
+    get_alerts: Callable[[], AlertStoreLike],
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = 0.0,
+) -> APIRouter:
     """The ``/fraud`` routes over the scorer and alert store that the callables return.
 
     Args:
         get_scorer: returns the live ``FraudScorer``; called per request after validation, so it
             should be cheap after the first call (``LazyResource.get``).
         get_alerts: returns the ``AlertStore``, likewise.
+        max_batch: dynamic micro-batching of ``POST /fraud/score``: concurrent requests are merged
+            into one ``score_many`` call (one model forward) of up to this many transactions
+            (``core.serving.MicroBatcher``); 1 scores each request on its own, in its own thread.
+        max_wait_ms: how long a batch waits for more requests after its first (0: only those
+            already waiting, so a lone request is never delayed).
 
     Returns:
         A router with prefix ``/fraud``.
 
     Raises:
         TypeError: a getter is not callable.
+        ValueError: ``max_batch < 1`` or a negative ``max_wait_ms``.
     """
     for name, getter in (("get_scorer", get_scorer), ("get_alerts", get_alerts)):
         if not callable(getter):
             raise TypeError(f"{name} must be callable, got {type(getter).__name__}")
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
+        raise ValueError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
 
     router = APIRouter(prefix="/fraud", tags=["fraud"])
     # One batch at a time: the state moves forward only, and a batch interleaved with another could
-    # be refused half-way through; in order, a refused batch changes nothing.
+    # be refused half-way through; in order, a refused batch changes nothing. The micro-batcher's
+    # worker serialises the calls; without it, this lock does.
     scoring = threading.Lock()
+    batchers: list[MicroBatcher[Transaction, Scored]] = []
+
+    def score_and_queue(txs: list[Transaction]) -> list[Scored]:
+        from apps.fraud.service import alert_from  # the scorer is loaded: this import is free now
+
+        scorer, store = get_scorer(), get_alerts()
+        results = scorer.score_many(txs)
+        # Repeats too: a request that failed after scoring and is retried still gets its alerts.
+        store.add_many(alert_from(r, tx) for r, tx in zip(results, txs, strict=True) if r.alert)
+        return results
+
+    def batcher(app: Any) -> MicroBatcher[Transaction, Scored]:
+        with scoring:
+            if not batchers:
+                metrics = getattr(app.state, "metrics", None)
+                batchers.append(
+                    MicroBatcher(
+                        score_and_queue,
+                        max_batch=max_batch,
+                        max_wait_ms=max_wait_ms,
+                        name="fraud_score",
+                        registry=getattr(metrics, "registry", None),
+                    )
+                )
+            return batchers[0]
 
     @router.post(
         "/score",
@@ -258,29 +354,34 @@ def make_router(get_scorer: Callable[[], ScorerLike], get_alerts: Callable[[], A
         response_model_exclude_none=True,
         summary="Score transactions in real time",
         openapi_extra={"requestBody": _score_body_schema()},
-        responses={409: {"description": "A transaction is earlier than the last one the scorer saw"}},
+        responses={
+            409: {
+                "model": ErrorBody,
+                "description": "A transaction is earlier than the last one the scorer saw",
+            }
+        },
     )
-    def score(body: Annotated[Any, Body()]) -> dict[str, Any]:
+    def score(request: Request, body: Annotated[Any, Body()]) -> dict[str, Any]:
         """Score one transaction, or ``{"transactions": [...]}`` (1-10,000), from the live state.
 
         Transactions are scored in time order and update the state (card sequences, windows, the
         card-merchant graph); results come back in the order sent. A transaction id scored before
         returns its first result with ``repeated: true``. Alerts are added to the alert queue, once
-        per transaction.
+        per transaction. Concurrent requests are scored together (dynamic micro-batching), each
+        getting its own results and its own errors.
         """
         txs = parse_score_body(body)
-        scorer, store = get_scorer(), get_alerts()
-        from apps.fraud.service import alert_from  # the scorer is loaded: this import is free now
-
-        with scoring:
-            try:
-                results = scorer.score_many(txs)
-            except ValidationError:  # a ValueError too, but a bug of ours: a 500
-                raise
-            except ValueError as exc:  # earlier than the last transaction seen
-                raise HTTPException(409, str(exc) or "transaction out of time order") from exc
-            # Repeats too: a request that failed after scoring and is retried still gets its alerts.
-            store.add_many(alert_from(r, tx) for r, tx in zip(results, txs, strict=True) if r.alert)
+        get_scorer(), get_alerts()  # 503 now, before queueing, when a model or the store is missing
+        try:
+            if max_batch == 1:
+                with scoring:
+                    results = score_and_queue(txs)
+            else:
+                results = batcher(request.app).submit(txs)
+        except ValidationError:  # a ValueError too, but a bug of ours: a 500
+            raise
+        except ValueError as exc:  # earlier than the last transaction seen
+            raise HTTPException(409, str(exc) or "transaction out of time order") from exc
         out = [
             {
                 "transaction_id": r.transaction_id,
@@ -332,7 +433,7 @@ def make_router(get_scorer: Callable[[], ScorerLike], get_alerts: Callable[[], A
         "/alerts/{transaction_id}",
         response_model=AlertOut,
         summary="One alert",
-        responses={404: {"description": "No alert for this transaction"}},
+        responses={404: {"model": ErrorBody, "description": "No alert for this transaction"}},
     )
     def alert(transaction_id: TransactionId) -> dict[str, Any]:
         """The alert of a transaction, with its explanation and decision."""
@@ -345,7 +446,7 @@ def make_router(get_scorer: Callable[[], ScorerLike], get_alerts: Callable[[], A
         "/alerts/{transaction_id}/decision",
         response_model=DecisionResponse,
         summary="Decide an alert",
-        responses={404: {"description": "No alert for this transaction"}},
+        responses={404: {"model": ErrorBody, "description": "No alert for this transaction"}},
     )
     def decide(transaction_id: TransactionId, request: DecisionRequest) -> dict[str, Any]:
         """Record an analyst's decision and feed it to the scorer as a label (terminal risk).

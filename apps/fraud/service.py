@@ -82,6 +82,21 @@ class Scored:
         return out
 
 
+@dataclass
+class _Live:
+    """One transaction on its way through ``FraudScorer.score_many``: the state moved, not yet scored."""
+
+    index: int  # in the caller's batch
+    tx: Any  # as placed in time (a slightly late one moved to the last time seen)
+    stamp: float  # its own time, reported
+    x: torch.Tensor
+    seq: torch.Tensor
+    card: torch.Tensor | None = None
+    terminal: torch.Tensor | None = None
+    snapshot: Any = None  # the graph of its day, for the explanation's neighbours
+    alpha: Any = None
+
+
 class FraudScorer:
     """A model and the live feature state (see the module docstring).
 
@@ -249,7 +264,6 @@ class FraudScorer:
         self._tables = (card, terminal)
         self._day_end = day_start + DAY
 
-    @torch.no_grad()
     def score_one(self, tx: Any) -> Scored:
         """Score one transaction from the live state and add it to the state.
 
@@ -264,78 +278,120 @@ class FraudScorer:
             ValueError: a transaction earlier than the last one seen, or invalid fields
                 (``InvalidRecord`` naming them).
         """
-        t = _as_tx(_validated(tx))
-        with self._lock:
-            seen = self._recent.get(t.transaction_id)
-            if seen is not None:
-                return Scored(**{**seen.__dict__, "repeated": True})
-            stamp = t.time
-            if t.time < self.state.now:
-                if self.state.now - t.time > self.max_lateness_s:
-                    self.state._advance(t)  # raises, naming the transaction and the last time seen
-                t = replace(t, time=self.state.now)  # slightly late: placed at the last time seen
-            self._refresh_graph(t.time)
-            previous = self.state.sequence(t.customer_id)
-            features, step = self.state.step(
-                t.transaction_id, t.time, t.customer_id, t.terminal_id, t.amount, t.label
-            )
-            steps = [*previous, step]
-            padded = [(0.0,) * len(STEP_NAMES)] * (SEQ_LEN - len(steps)) + steps
-            x = torch.tensor([features], dtype=torch.float32)
-            seq = torch.tensor([padded], dtype=torch.float32)
-            card = terminal = None
-            if self._tables is not None and self._snapshot is not None:
-                snap = self._snapshot
-                ci = snap.card_index.get(t.customer_id, snap.unseen_card)
-                ti = snap.terminal_index.get(t.terminal_id, snap.unseen_terminal)
-                card, terminal = self._tables[0][ci : ci + 1], self._tables[1][ti : ti + 1]
-            score = float(torch.sigmoid(self.model(x, seq, card, terminal))[0])
-            alert = score >= self.threshold
-            explanation = None
-            if alert and self.explain:
-                explanation = self._explain_live(t, x, seq, card, terminal)
-            result = Scored(
-                t.transaction_id,
-                score,
-                alert,
-                self.threshold,
-                self.name,
-                customer_id=t.customer_id,
-                terminal_id=t.terminal_id,
-                amount=t.amount,
-                timestamp=datetime.fromtimestamp(stamp, UTC).isoformat(),
-                explanation=explanation,
-            )
-            self._recent[t.transaction_id] = result
-            if len(self._recent) > RECENT_IDS:
-                self._recent.popitem(last=False)
-            return result
+        return self.score_many([tx])[0]
 
-    def _explain_live(self, t: Any, x, seq, card, terminal) -> dict[str, Any]:
+    @torch.no_grad()
+    def score_many(self, txs: Iterable[Any]) -> list[Scored]:
+        """``score_one`` for each, in time order (ties keep their order); results in input order.
+
+        The state moves one transaction at a time (each one's features see every earlier one), then
+        one forward pass scores them all: a batch costs one model call, which is what the API's
+        micro-batching of concurrent requests relies on. A repeated id (scored before, or earlier in
+        the batch) gets the first result with ``repeated=True``.
+
+        Raises:
+            ValueError: invalid fields (before anything is scored), or a transaction earlier than
+                the last one seen by more than ``max_lateness_s``: in time order it is the batch's
+                first, so the batch is refused before the state changes.
+        """
+        items = [_as_tx(v) for v in (_validated(tx) for tx in txs)]
+        order = sorted(range(len(items)), key=lambda i: items[i].time)
+        out: list[Scored | None] = [None] * len(items)
+        with self._lock:
+            fresh: list[_Live] = []
+            firsts: dict[str, int] = {}
+            repeats: list[tuple[int, int]] = []
+            for i in order:
+                t = items[i]
+                seen = self._recent.get(t.transaction_id)
+                if seen is not None:
+                    out[i] = replace(seen, repeated=True)
+                elif t.transaction_id in firsts:
+                    repeats.append((i, firsts[t.transaction_id]))
+                else:
+                    firsts[t.transaction_id] = i
+                    fresh.append(self._advance(i, t))
+            if fresh:
+                x = torch.cat([live.x for live in fresh])
+                seq = torch.cat([live.seq for live in fresh])
+                card = terminal = None
+                if fresh[0].card is not None:
+                    card = torch.cat([live.card for live in fresh])
+                    terminal = torch.cat([live.terminal for live in fresh])
+                scores = torch.sigmoid(self.model(x, seq, card, terminal)).tolist()
+                for live, score in zip(fresh, scores, strict=True):
+                    out[live.index] = self._result(live, float(score))
+            for i, first in repeats:
+                out[i] = replace(out[first], repeated=True)
+        return [r for r in out if r is not None]
+
+    def _advance(self, index: int, t: Any) -> _Live:
+        """Move the state by ``t`` (under the lock); its model inputs, with the graph of its day."""
+        stamp = t.time
+        if t.time < self.state.now:
+            if self.state.now - t.time > self.max_lateness_s:
+                self.state._advance(t)  # raises, naming the transaction and the last time seen
+            t = replace(t, time=self.state.now)  # slightly late: placed at the last time seen
+        self._refresh_graph(t.time)
+        previous = self.state.sequence(t.customer_id)
+        features, step = self.state.step(
+            t.transaction_id, t.time, t.customer_id, t.terminal_id, t.amount, t.label
+        )
+        steps = [*previous, step]
+        padded = [(0.0,) * len(STEP_NAMES)] * (SEQ_LEN - len(steps)) + steps
+        live = _Live(
+            index,
+            t,
+            stamp,
+            torch.tensor([features], dtype=torch.float32),
+            torch.tensor([padded], dtype=torch.float32),
+        )
+        if self._tables is not None and self._snapshot is not None:
+            snap = self._snapshot
+            ci = snap.card_index.get(t.customer_id, snap.unseen_card)
+            ti = snap.terminal_index.get(t.terminal_id, snap.unseen_terminal)
+            live.card, live.terminal = self._tables[0][ci : ci + 1], self._tables[1][ti : ti + 1]
+            live.snapshot, live.alpha = snap, self._alpha
+        return live
+
+    def _result(self, live: _Live, score: float) -> Scored:
+        """The ``Scored`` of a scored transaction (explained when it alerts), remembered as recent."""
+        t = live.tx
+        alert = score >= self.threshold
+        explanation = self._explain_live(live) if alert and self.explain else None
+        result = Scored(
+            t.transaction_id,
+            score,
+            alert,
+            self.threshold,
+            self.name,
+            customer_id=t.customer_id,
+            terminal_id=t.terminal_id,
+            amount=t.amount,
+            timestamp=datetime.fromtimestamp(live.stamp, UTC).isoformat(),
+            explanation=explanation,
+        )
+        self._recent[t.transaction_id] = result
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+        return result
+
+    def _explain_live(self, live: _Live) -> dict[str, Any]:
         from apps.fraud.explain import attributions, graph_neighbours
 
         with torch.enable_grad():
-            attr = attributions(self.model, x, seq, card, terminal)[0]
+            attr = attributions(self.model, live.x, live.seq, live.card, live.terminal)[0]
         out: dict[str, Any] = {
             "top_features": attr["features"][:5],
             "sequence": attr.get("sequence"),
             "card_graph": attr.get("card_graph"),
             "terminal_graph": attr.get("terminal_graph"),
         }
-        if self._snapshot is not None:
+        if live.snapshot is not None:
             out["neighbours"] = graph_neighbours(
-                self.model, self._snapshot, t.customer_id, t.terminal_id, alpha=self._alpha
+                self.model, live.snapshot, live.tx.customer_id, live.tx.terminal_id, alpha=live.alpha
             )
         return json.loads(json.dumps(out))
-
-    def score_many(self, txs: Iterable[Any]) -> list[Scored]:
-        """``score_one`` for each, in time order (ties keep their order); results in input order."""
-        items = [(_as_tx(v), v) for v in (_validated(tx) for tx in txs)]
-        order = sorted(range(len(items)), key=lambda i: items[i][0].time)
-        out: list[Scored | None] = [None] * len(items)
-        for i in order:
-            out[i] = self.score_one(items[i][1])
-        return [r for r in out if r is not None]
 
     def add_label(self, transaction_id: str, label: bool) -> bool:
         """Feed an analyst's decision back into the feature state (terminal risk)."""

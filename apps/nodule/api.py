@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.serving import ErrorBody
 
 if TYPE_CHECKING:
     from apps.nodule.detect import NoduleDetector
@@ -84,6 +86,23 @@ class DetectResponse(BaseModel):
     notes: list[str]
     seconds: float
     timings: dict[str, float]
+
+
+def _files_required(schema: dict[str, Any]) -> None:
+    schema["required"] = ["files"]
+    schema["properties"]["files"].pop("default", None)
+
+
+class DetectUpload(BaseModel):
+    """The upload of one CT study."""
+
+    # ``files`` is required in the OpenAPI, but a form without it is read as no file, so that the
+    # route answers its own 400 saying what to send rather than a bare "Field required".
+    model_config = ConfigDict(json_schema_extra=_files_required)
+
+    files: list[UploadFile] = Field(
+        default=[], description="The study's DICOM files, or one .zip of them.", min_length=1
+    )
 
 
 class UploadError(Exception):
@@ -273,17 +292,22 @@ def make_router(
         response_model=DetectResponse,
         summary="Find lung nodules in a CT study",
         responses={
-            400: {"description": "No file, a zip mixed with files, or a damaged or unsafe zip"},
-            413: {"description": "Too many files or too many bytes"},
-            415: {"description": "An upload is not DICOM Part 10 (nor a zip of DICOM files)"},
-            429: {"description": "The server is analysing as many studies as it can; retry later"},
+            400: {
+                "model": ErrorBody,
+                "description": "No file, a zip mixed with files, or a damaged or unsafe zip",
+            },
+            413: {"model": ErrorBody, "description": "Too many files or too many bytes"},
+            415: {
+                "model": ErrorBody,
+                "description": "An upload is not DICOM Part 10 (nor a zip of DICOM files)",
+            },
+            429: {
+                "model": ErrorBody,
+                "description": "The server is analysing as many studies as it can; retry later",
+            },
         },
     )
-    def detect(
-        files: Annotated[
-            list[UploadFile], File(description="The study's DICOM files, or one .zip of them.")
-        ] = [],  # noqa: B006 - FastAPI copies defaults; empty is answered with a clear 400
-    ) -> dict[str, Any]:
+    def detect(upload: Annotated[DetectUpload, File()]) -> dict[str, Any]:
         """Analyse one CT study: the CT series is picked, read, searched for nodules.
 
         Upload the DICOM files of one study (other series, e.g. a localizer, may come along: the
@@ -297,7 +321,7 @@ def make_router(
                 headers={"Retry-After": "10"},
             )
         try:
-            return _detect(files)
+            return _detect(upload.files)
         finally:
             slots.release()
 
@@ -348,7 +372,7 @@ def make_router(
                 "content": {"application/dicom": {}, "text/markdown": {}, "application/json": {}},
                 "description": "The file (seg, sr: application/dicom; report: Markdown; json: the result)",
             },
-            404: {"description": "No such result, or no such output for it"},
+            404: {"model": ErrorBody, "description": "No such result, or no such output for it"},
         },
     )
     def result_file(
@@ -375,6 +399,7 @@ def make_router(
 
 __all__ = [
     "DetectResponse",
+    "DetectUpload",
     "NoduleOut",
     "UploadError",
     "extract_zip",

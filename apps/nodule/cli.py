@@ -220,6 +220,9 @@ def train_command(
         str | None, typer.Option(help="phantoms (default), luna16:/path or lidc:/dicom/root[?sqlite=/path].")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of phantoms, crops and weights.")] = None,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Continue from this trained model's weights (same network).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Train the nodule U-Net on phantoms and fit its false-positive reducer; --teacher distils."""
@@ -235,14 +238,20 @@ def train_command(
             "phantom_size": phantom_size,
             "seed": seed,
             "data": data,
+            "init": str(init) if init is not None else None,
         }
         cfg = NoduleTrainConfig.from_dict(
             {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
         )
         teacher_model = NoduleModel.load(teacher) if teacher is not None else None
+        if cfg.init is not None:
+            NoduleModel.load(cfg.init)  # a missing or broken init model fails here, not after the data
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc).splitlines()[0])
-    _, metrics = train(cfg, out, teacher=teacher_model, progress=not as_json)
+    try:
+        _, metrics = train(cfg, out, teacher=teacher_model, progress=not as_json)
+    except ValueError as exc:
+        _fail(str(exc).splitlines()[0])
     if as_json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
         return

@@ -71,6 +71,8 @@ class NoduleTrainConfig(ConfigMixin):
         amp: Mixed precision: None = on CUDA only.
         alpha: Distillation weight of the teacher term.
         temperature: Distillation temperature.
+        init: Folder of a trained model of the same network to continue from (its weights; a fresh
+            optimiser and schedule), or None to start from random weights. Recorded in the card.
     """
 
     model: str = "default"
@@ -90,6 +92,7 @@ class NoduleTrainConfig(ConfigMixin):
     amp: bool | None = None
     alpha: float = 0.5
     temperature: float = 2.0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -232,7 +235,7 @@ def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
     """The command that trains this model again (options that differ from the defaults spelled out)."""
     defaults = NoduleTrainConfig(model=config.model)
     flags = {"steps": "--steps", "n_train": "--n-train", "phantom_size": "--phantom-size", "seed": "--seed",
-             "data": "--data"}  # fmt: skip
+             "data": "--data", "init": "--init"}  # fmt: skip
     parts = [f"fathom nodule train --model {config.model}"]
     parts += [f"{flag} {getattr(config, key)}" for key, flag in flags.items()
               if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
@@ -244,6 +247,35 @@ def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
             "`" + " ".join(parts) + " --config train.yaml --out DIR` (train.yaml: this card's `config.train`)"
         )
     return "`" + " ".join(parts) + " --out DIR`"
+
+
+def _init_from(model: NoduleModel, folder: str) -> dict:
+    """Load the weights of the model in ``folder`` into ``model``; what the card records about it.
+
+    Raises:
+        FileNotFoundError: no model there.
+        ValueError: its network is not ``model``'s.
+    """
+    start = NoduleModel.load(folder)
+    if start.config != model.config:
+        raise ValueError(
+            f"init model {folder} has another network ({start.config.channels}, norm {start.config.norm}) "
+            f"than the one to train ({model.config.channels}, norm {model.config.norm})"
+        )
+    model.net.load_state_dict(start.net.state_dict())
+    card = start.card
+    steps = (card.get("config", {}).get("train") or {}).get("steps")
+    earlier = (card.get("metrics") or {}).get("init") or {}
+    return {
+        "from": str(folder),
+        "name": card.get("name"),
+        "created": card.get("created"),
+        "code_version": card.get("code_version"),
+        "val_cpm": (card.get("metrics") or {}).get("val_cpm"),
+        "steps": steps,
+        "steps_before": (earlier.get("steps_before") or 0) + (earlier.get("steps") or 0),
+        "init": earlier or None,
+    }
 
 
 def train(
@@ -285,6 +317,7 @@ def train(
         raise ValueError(f"no training scans in {train_config.data}")
     val_scans = draw("val", train_config.n_val)
     model = NoduleModel.create(cfg, seed=train_config.seed)
+    init = _init_from(model, train_config.init) if train_config.init else None
     net = model.net.to(dev)
     teacher_net = teacher.net.to(dev).eval() if teacher is not None else None
     augment = _augment(cfg, train_config)
@@ -372,6 +405,8 @@ def train(
     }
     if teacher is not None:
         metrics["teacher_parameters"] = teacher.n_parameters
+    if init is not None:
+        metrics["init"] = init
     if out is not None:
         model.save(
             out,

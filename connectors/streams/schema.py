@@ -48,6 +48,7 @@ ALIASES: dict[str, str] = {
 # Columns of known sources that carry nothing the record needs (derived from other columns).
 IGNORED = frozenset({"tx_time_seconds", "tx_time_days", "tx_fraud_scenario"})
 
+MAX_AMOUNT = 1e12  # beyond any card payment; larger values overflow the features (a NaN score)
 DEFAULT_CURRENCY = "EUR"  # the handbook's amounts carry no currency; its generator models euros
 
 
@@ -55,7 +56,7 @@ class InvalidRecord(ValueError):
     """A record that is not a valid transaction; ``reason`` says what is wrong, field by field.
 
     Args:
-        reason: the problems, e.g. ``"amount: must be a finite number >= 0 (got 'abc')"``.
+        reason: the problems, e.g. ``"amount: must be a finite number from 0 to 1e+12 (got 'abc')"``.
     """
 
     def __init__(self, reason: str) -> None:
@@ -71,7 +72,7 @@ class Transaction(BaseModel):
         timestamp: when it happened, timezone-aware (naive input is taken as UTC).
         customer_id: the card or card holder.
         terminal_id: the merchant or terminal.
-        amount: a finite amount >= 0 in ``currency``.
+        amount: a finite amount from 0 to ``MAX_AMOUNT`` in ``currency``.
         currency: ISO 4217 code, upper case (``EUR``).
         channel: e.g. ``pos``, ``ecom``, ``atm`` when the source has it.
         merchant_category: merchant category code when the source has it.
@@ -120,8 +121,8 @@ class Transaction(BaseModel):
     @field_validator("amount", mode="after")
     @classmethod
     def _finite_amount(cls, value: float) -> float:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"must be a finite number >= 0 (got {value!r})")
+        if not math.isfinite(value) or not 0 <= value <= MAX_AMOUNT:
+            raise ValueError(f"must be a finite number from 0 to {MAX_AMOUNT:.0e} (got {value!r})")
         return value
 
     @field_validator("currency", mode="before")

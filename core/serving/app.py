@@ -5,7 +5,8 @@ What each app gets, so that app code only writes its routers:
 - API-key auth on every route but ``/healthz``, ``/metrics`` and the docs, when a key is set
   (``core.serving.auth``);
 - one JSON error shape: 401, 404, 413, 422 naming the bad field, 503 for a resource that failed to
-  load, 500 without internals (``core.serving.errors``);
+  load, 500 without internals (``core.serving.errors``); the OpenAPI of every router's route
+  declares 400, 401, 413, 422, 500 and 503 (``ERROR_RESPONSES``);
 - ``/healthz``: ``{"status", "title", "version", "components": {name: {"loaded", ...}}}`` from the
   callables the app registers; 503 when a component reports an error;
 - ``/metrics``: Prometheus request count and latency per route and status, in the app's own registry;
@@ -70,7 +71,9 @@ class Health(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body cannot be read (not UTF-8) or a bad Content-Length"},
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    413: {"model": ErrorBody, "description": "The request body is larger than the limit"},
     422: {"model": ValidationErrorBody, "description": "The request names a bad field"},
     500: {"model": ErrorBody, "description": "Internal error (the body carries the request id)"},
     503: {"model": ErrorBody, "description": "A model or index failed to load"},

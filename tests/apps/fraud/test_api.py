@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,15 +52,16 @@ def payload(df: pd.DataFrame, rows: range | list[int]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def make_client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """``make_client(threshold, api_key=KEY)``: the suite's app over the tiny model and a fresh store."""
+    """``make_client(threshold, api_key=KEY, **create_api_options)``: tiny model, fresh alert store."""
     clients: list[TestClient] = []
 
-    def make(threshold: float, api_key: str | None = KEY) -> TestClient:
+    def make(threshold: float, api_key: str | None = KEY, **options: Any) -> TestClient:
         app = create_api(
             api_key,
             assistant_factory=EchoAssistant,
             fraud_scorer_factory=lambda: FraudScorer.load(tiny_model_dir, threshold=threshold),
             fraud_alerts_factory=lambda: AlertStore.open(tmp_path / f"alerts-{len(clients)}.db"),
+            **options,
         )
         client = TestClient(app, headers={} if api_key is None else HEADERS)
         clients.append(client.__enter__())
@@ -165,7 +168,7 @@ def test_a_repeated_transaction_returns_its_first_result_and_one_alert(
 @pytest.mark.parametrize(
     ("edit", "field", "message"),
     [
-        (lambda txs: txs[2].update(amount=-5), "transactions.2.amount", "finite number >= 0"),
+        (lambda txs: txs[2].update(amount=-5), "transactions.2.amount", "finite number from 0 to"),
         (lambda txs: txs[1].pop("customer_id"), "transactions.1.customer_id", "Field required"),
         (lambda txs: txs[0].update(timestamp="yesterday"), "transactions.0.timestamp", "datetime"),
         (lambda txs: txs[0].update(currency="euro"), "transactions.0.currency", "ISO 4217"),
@@ -211,6 +214,41 @@ def test_a_transaction_earlier_than_the_last_seen_is_409(
     assert response.json()["error"] == "conflict"
     assert "earlier than the last one seen" in response.json()["detail"]
     assert client.get("/fraud/alerts/summary").json()["total"] == 1  # the refused one raised no alert
+
+
+@pytest.mark.parametrize("max_batch", [256, 1])
+def test_concurrent_requests_are_micro_batched_each_with_its_own_answer(
+    make_client: Callable[..., TestClient], fraud_df: pd.DataFrame, max_batch: int
+) -> None:
+    """Concurrent requests share scoring calls (256) or not (1); a refused one fails alone either way."""
+    client = make_client(ALWAYS, fraud_max_batch=max_batch, fraud_max_wait_ms=100)
+    rows = payload(fraud_df, range(0, 101))
+    assert client.post("/fraud/score", json=rows[100]).status_code == 200
+    base = fraud_df["timestamp"].iloc[100]
+    later = [  # seconds apart: any arrival order is within the scorer's lateness allowance
+        {**tx, "timestamp": (base + pd.Timedelta(seconds=i + 1)).isoformat()}
+        for i, tx in enumerate(payload(fraud_df, range(101, 109)))
+    ]
+    bodies = [*later, {"transactions": [rows[0]]}]  # the last is far too early: 409
+    start = threading.Barrier(len(bodies))
+
+    def post(body: dict[str, Any]) -> Any:
+        start.wait()
+        return client.post("/fraud/score", json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(post, bodies))
+    assert [r.status_code for r in responses] == [200] * len(later) + [409]
+    for body, response in zip(later, responses, strict=False):
+        assert [r["transaction_id"] for r in response.json()["results"]] == [body["transaction_id"]]
+    assert client.get("/fraud/alerts/summary").json()["total"] == 1 + len(later)
+    metrics = client.get("/metrics").text
+    calls = [line for line in metrics.splitlines() if line.startswith("fathom_batch_size_count")]
+    if max_batch == 1:
+        assert not calls  # no micro-batcher at all
+    else:
+        merged = float(calls[0].rsplit(" ", 1)[1])
+        assert merged < len(bodies) + 1  # fewer scoring calls than requests (the 409 is retried alone)
 
 
 def test_a_bad_decision_is_422(make_client: Callable[..., TestClient], fraud_df: pd.DataFrame) -> None:

@@ -116,6 +116,40 @@ def test_stream_from_redis(fraud_df, tiny_model_dir, redis_url, tmp_path) -> Non
     assert 0.0 <= value["score"] <= 1.0 and value["customer_id"] == fraud_df["customer_id"].iloc[0]
 
 
+def test_score_many_is_one_forward_with_the_sequential_scores(fraud_df, tiny_model_dir) -> None:
+    """A batch moves the state one transaction at a time but calls the model once, same scores."""
+    rows = _records(fraud_df.iloc[:400])
+    one = FraudScorer.load(tiny_model_dir, explain=False)
+    expected = [one.score_one(r) for r in rows]
+    many = FraudScorer.load(tiny_model_dir, explain=False)
+    calls = []
+    forward = many.model.forward
+    many.model.forward = lambda *a, **k: calls.append(a[0].shape[0]) or forward(*a, **k)
+    batch = rows[:150] + [rows[3]]  # a repeat inside the batch
+    got = many.score_many(batch) + many.score_many(rows[150:])
+    assert calls == [150, 250]  # one forward per batch, the repeat not re-scored
+    assert got[150].repeated and got[150].score == got[3].score and not got[3].repeated
+    del got[150]
+    np.testing.assert_allclose([r.score for r in got], [r.score for r in expected], rtol=1e-5, atol=1e-6)
+    assert [r.transaction_id for r in got] == [r.transaction_id for r in expected]
+    # alerts in a batch are explained with their own inputs and the graph of their day
+    explained = FraudScorer.load(tiny_model_dir, threshold=0.0).score_many(rows[:30])
+    alone = FraudScorer.load(tiny_model_dir, threshold=0.0)
+    for r in rows[:29]:
+        alone.score_one(r)
+    last = alone.score_one(rows[29])
+    assert explained[-1].explanation["top_features"] == last.explanation["top_features"]
+    assert explained[-1].explanation["neighbours"] == last.explanation["neighbours"]
+    # a batch with one transaction too late is refused as a whole, before the state moves
+    fresh = FraudScorer.load(tiny_model_dir, explain=False, max_lateness_s=60)
+    fresh.score_one(rows[200])
+    now = fresh.state.now
+    with pytest.raises(ValueError, match="earlier than the last one seen"):
+        fresh.score_many([rows[300], rows[0], rows[301]])
+    assert fresh.state.now == now
+    assert not fresh.score_many([rows[300]])[0].repeated  # not scored by the refused batch
+
+
 def test_slightly_late_transactions_are_scored(fraud_df, tiny_model_dir) -> None:
     """A transaction a little older than the last one (another partition) is scored, not refused."""
     scorer = FraudScorer.load(tiny_model_dir, explain=False, max_lateness_s=120)
