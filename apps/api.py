@@ -35,8 +35,8 @@ from apps.customer_service.api import AssistantLike
 from apps.customer_service.api import make_router as make_cs_router
 from apps.fraud.api import DEFAULT_MAX_BATCH, AlertStoreLike, ScorerLike
 from apps.fraud.api import make_router as make_fraud_router
-from apps.nodule.api import MAX_UPLOAD_BYTES
 from apps.nodule.api import make_router as make_nodule_router
+from apps.nodule.uploads import MAX_UPLOAD_BYTES
 from core.config import cache_dir, models_dir
 from core.serving import LazyResource, ResourceUnavailable, create_app
 from core.serving.app import DEFAULT_MAX_BODY_BYTES

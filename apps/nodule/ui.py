@@ -135,7 +135,7 @@ def save_uploaded(files: list[Any], dest: Path) -> Path:
     Raises:
         apps.nodule.api.UploadError: no file, not DICOM, a bad or unsafe zip (its ``detail`` says why).
     """
-    from apps.nodule.api import save_uploads
+    from apps.nodule.uploads import save_uploads
 
     if dest.exists():
         shutil.rmtree(dest)
@@ -297,7 +297,7 @@ def _choose_study() -> tuple[str, Any] | None:
 
 
 def _analyse(key: str, source: Any) -> None:
-    from apps.nodule.api import MAX_AGE_S, UploadError, prune_results
+    from apps.nodule.uploads import MAX_AGE_S, UploadError, prune_results
     from connectors.dicom.reader import DicomError
 
     try:

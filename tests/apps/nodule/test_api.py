@@ -199,10 +199,10 @@ def test_the_openapi_schema_documents_the_routes(client: TestClient) -> None:
 def test_too_many_files_or_members_are_413s(
     client: TestClient, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import apps.nodule.api as nodule_api
+    import apps.nodule.uploads as uploads
 
-    monkeypatch.setattr(nodule_api, "MAX_FILES", 2)
-    monkeypatch.setattr(nodule_api, "MAX_ZIP_MEMBERS", 2)
+    monkeypatch.setattr(uploads, "MAX_FILES", 2)
+    monkeypatch.setattr(uploads, "MAX_ZIP_MEMBERS", 2)
     assert "limit is 2" in _error(client.post("/nodule/detect", files=_parts(study_files[:3])), 413)
     archive = _zip({p.name: p.read_bytes() for p in study_files[:3]})
     response = client.post("/nodule/detect", files={"files": ("s.zip", archive, "application/zip")})

@@ -132,9 +132,9 @@ class _Uploaded(io.BytesIO):
 
 
 def test_uploaded_files_are_stored_like_the_api_stores_them(tmp_path: Path) -> None:
-    from apps.nodule.api import UploadError
     from apps.nodule.dicom_writer import write_phantom
     from apps.nodule.phantoms import make_phantom
+    from apps.nodule.uploads import UploadError
 
     write_phantom(
         make_phantom(dataclasses.replace(PhantomConfig.tiny(), use_lidc=False), seed=3), tmp_path / "s"
