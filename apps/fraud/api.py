@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 MAX_BATCH = 10_000
 MAX_ID = 128  # as apps.fraud.alerts.MAX_ID: the alert store's id columns
 MAX_PAGE = 1_000
+MAX_OFFSET = 2**53  # beyond any queue; SQLite integers are 64-bit
 MAX_ERRORS = 50  # validation errors reported for one request; the rest are counted
 DEFAULT_MAX_BATCH = 256  # transactions per micro-batched scoring call
 
@@ -54,7 +55,7 @@ Decision = Literal["fraud", "legitimate"]
 class ScorerLike(Protocol):
     """What the routes need of ``apps.fraud.service.FraudScorer``."""
 
-    def score_many(self, txs: Iterable[Any]) -> list[Scored]: ...
+    def score_many(self, txs: Iterable[Any], *, defer_explanations: bool = False) -> list[Scored]: ...
 
     def add_label(self, transaction_id: str, label: bool) -> bool: ...
 
@@ -324,14 +325,9 @@ def make_router(
     scoring = threading.Lock()
     batchers: list[MicroBatcher[Transaction, Scored]] = []
 
-    def score_and_queue(txs: list[Transaction]) -> list[Scored]:
-        from apps.fraud.service import alert_from  # the scorer is loaded: this import is free now
-
-        scorer, store = get_scorer(), get_alerts()
-        results = scorer.score_many(txs)
-        # Repeats too: a request that failed after scoring and is retried still gets its alerts.
-        store.add_many(alert_from(r, tx) for r, tx in zip(results, txs, strict=True) if r.alert)
-        return results
+    def score_batch(txs: list[Transaction]) -> list[Scored]:
+        # Alerts' explanations are left to the request's thread: the next batch need not wait.
+        return get_scorer().score_many(txs, defer_explanations=True)
 
     def batcher(app: Any) -> MicroBatcher[Transaction, Scored]:
         with scoring:
@@ -339,7 +335,7 @@ def make_router(
                 metrics = getattr(app.state, "metrics", None)
                 batchers.append(
                     MicroBatcher(
-                        score_and_queue,
+                        score_batch,
                         max_batch=max_batch,
                         max_wait_ms=max_wait_ms,
                         name="fraud_score",
@@ -371,17 +367,22 @@ def make_router(
         getting its own results and its own errors.
         """
         txs = parse_score_body(body)
-        get_scorer(), get_alerts()  # 503 now, before queueing, when a model or the store is missing
+        _, store = get_scorer(), get_alerts()  # 503 now, before queueing, when one is missing
+        from apps.fraud.service import alert_from, complete_explanations  # loaded with the scorer
+
         try:
             if max_batch == 1:
                 with scoring:
-                    results = score_and_queue(txs)
+                    results = score_batch(txs)
             else:
                 results = batcher(request.app).submit(txs)
         except ValidationError:  # a ValueError too, but a bug of ours: a 500
             raise
         except ValueError as exc:  # earlier than the last transaction seen
             raise HTTPException(409, str(exc) or "transaction out of time order") from exc
+        complete_explanations(results)
+        # Repeats too: a request that failed after scoring and is retried still gets its alerts.
+        store.add_many(alert_from(r, tx) for r, tx in zip(results, txs, strict=True) if r.alert)
         out = [
             {
                 "transaction_id": r.transaction_id,
@@ -400,7 +401,7 @@ def make_router(
     def alerts(
         status: Annotated[Status | Literal["all"], Query(description="'all' for every status")] = "open",
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         customer_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID)] = None,
         min_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
         order: Annotated[

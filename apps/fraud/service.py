@@ -26,8 +26,9 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class Scored:
     timestamp: str = ""  # ISO 8601, UTC
     repeated: bool = False
     explanation: dict[str, Any] | None = None
+    # ``score_many(defer_explanations=True)``: computes the explanation (``complete_explanations``)
+    pending: Callable[[], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -281,13 +284,18 @@ class FraudScorer:
         return self.score_many([tx])[0]
 
     @torch.no_grad()
-    def score_many(self, txs: Iterable[Any]) -> list[Scored]:
+    def score_many(self, txs: Iterable[Any], *, defer_explanations: bool = False) -> list[Scored]:
         """``score_one`` for each, in time order (ties keep their order); results in input order.
 
         The state moves one transaction at a time (each one's features see every earlier one), then
         one forward pass scores them all: a batch costs one model call, which is what the API's
         micro-batching of concurrent requests relies on. A repeated id (scored before, or earlier in
         the batch) gets the first result with ``repeated=True``.
+
+        With ``defer_explanations`` an alert's explanation (integrated gradients, tens of ms) is not
+        computed here, under the scorer's lock, but by ``complete_explanations(results)`` afterwards,
+        from the inputs captured now: the API computes it in the request's own thread, so the next
+        batch is not held up behind it.
 
         Raises:
             ValueError: invalid fields (before anything is scored), or a transaction earlier than
@@ -320,7 +328,7 @@ class FraudScorer:
                     terminal = torch.cat([live.terminal for live in fresh])
                 scores = torch.sigmoid(self.model(x, seq, card, terminal)).tolist()
                 for live, score in zip(fresh, scores, strict=True):
-                    out[live.index] = self._result(live, float(score))
+                    out[live.index] = self._result(live, float(score), defer_explanations)
             for i, first in repeats:
                 out[i] = replace(out[first], repeated=True)
         return [r for r in out if r is not None]
@@ -354,11 +362,12 @@ class FraudScorer:
             live.snapshot, live.alpha = snap, self._alpha
         return live
 
-    def _result(self, live: _Live, score: float) -> Scored:
+    def _result(self, live: _Live, score: float, defer: bool = False) -> Scored:
         """The ``Scored`` of a scored transaction (explained when it alerts), remembered as recent."""
         t = live.tx
         alert = score >= self.threshold
-        explanation = self._explain_live(live) if alert and self.explain else None
+        explain = alert and self.explain
+        explanation = self._explain_live(live) if explain and not defer else None
         result = Scored(
             t.transaction_id,
             score,
@@ -370,6 +379,7 @@ class FraudScorer:
             amount=t.amount,
             timestamp=datetime.fromtimestamp(live.stamp, UTC).isoformat(),
             explanation=explanation,
+            pending=partial(self._explain_live, live) if explain and defer else None,
         )
         self._recent[t.transaction_id] = result
         if len(self._recent) > RECENT_IDS:
@@ -473,6 +483,19 @@ def ray_score(model: FraudNet, prepared: Prepared, *, chunk: int = 32_768) -> np
         start = int(row["start"])
         scores[start : start + len(row["scores"])] = row["scores"]
     return scores
+
+
+def complete_explanations(results: Iterable[Scored]) -> None:
+    """Compute the explanations ``score_many(defer_explanations=True)`` left pending, in place.
+
+    Needs no lock: the inputs were captured when the transaction was scored, and the model is only
+    read. The scorer remembers the same ``Scored`` objects, so a repeat later returns them explained.
+    """
+    for result in results:
+        pending = result.pending
+        if pending is not None:
+            result.explanation = pending()
+            result.pending = None
 
 
 def _validated(tx: Any) -> Any:
