@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -120,6 +121,16 @@ def _print_results(data: dict) -> None:
     out.print(targets)
 
 
+def _finish(data: dict, json_path: Path | None, write: Callable[[Path], object] | None = None) -> None:
+    """The report to ``json_path`` (``write`` puts it there, when given), else as JSON on stdout."""
+    if json_path is None:
+        print(json.dumps(data, indent=2))
+        return
+    if write is not None:
+        write(json_path)
+    console.print(f"report written to {json_path}")
+
+
 @bench_app.command("moe")
 def bench_moe(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -158,11 +169,7 @@ def bench_moe(
         _fail(str(exc))
     data = report.to_dict()
     _print_results(data)
-    if json_path is not None:
-        report.write(json_path)
-        console.print(f"report written to {json_path}")
-    else:
-        print(json.dumps(data, indent=2))
+    _finish(data, json_path, report.write)
 
 
 @bench_app.command("retrieval")
@@ -214,11 +221,7 @@ def bench_retrieval(
             cells = [row.get(k) for k in keys]
             quality.add_row(row["case"], row["impl"], *("-" if c is None else f"{c:g}" for c in cells))
     _stdout().print(quality)
-    if json_path is not None:
-        report.write(json_path)
-        console.print(f"report written to {json_path}")
-    else:
-        print(json.dumps(data, indent=2))
+    _finish(data, json_path, report.write)
 
 
 @bench_app.command("fraud")
@@ -267,10 +270,7 @@ def bench_fraud(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc).splitlines()[0])
     _print_results(report)
-    if json_path is not None:
-        console.print(f"report written to {json_path}")
-    else:
-        print(json.dumps(report, indent=2))
+    _finish(report, json_path)
 
 
 @bench_app.command("nodule")
@@ -316,10 +316,7 @@ def bench_nodule(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc).splitlines()[0])
     _print_results(report)
-    if json_path is not None:
-        console.print(f"report written to {json_path}")
-    else:
-        print(json.dumps(report, indent=2))
+    _finish(report, json_path)
 
 
 @bench_app.command("compress")
@@ -363,10 +360,7 @@ def bench_compress(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc).splitlines()[0])
     _print_results(report)
-    if json_path is not None:
-        console.print(f"report written to {json_path}")
-    else:
-        print(json.dumps(report, indent=2))
+    _finish(report, json_path)
 
 
 @bench_app.command("api")
@@ -399,10 +393,7 @@ def bench_api(
     except (ValueError, RuntimeError, TimeoutError) as exc:
         _fail(str(exc).splitlines()[0])
     _print_results(report)
-    if json_path is not None:
-        console.print(f"report written to {json_path}")
-    else:
-        print(json.dumps(report, indent=2))
+    _finish(report, json_path)
 
 
 @bench_app.command("table")
