@@ -2,8 +2,9 @@
 
 Each variant starts its own ``fathom serve`` (API key on, shipped models preloaded, alert store and
 nodule results in a temporary folder, access log off) and waits for ``/healthz``; locust
-(``apps/bench/locustfile.py``, in its own process) then sends open-loop-paced requests at fixed
-rates, after an unmeasured warm-up. Every request's latency is kept, so the percentiles are exact.
+(``apps/bench/locustfile.py``, in its own process) then sends requests as Poisson arrivals at fixed
+mean rates (users with exponential waits), after an unmeasured warm-up. Every request's latency is
+kept, so the percentiles are exact.
 
 Phases:
 
@@ -51,7 +52,7 @@ from apps.bench.common import Report
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 P99_TARGET_MS = 50.0
 RATE_TARGET = 200.0
-PER_USER_RATE = 4.0  # requests/s per locust user: users = rate / 4, each paced by constant_throughput
+PER_USER_RATE = 4.0  # mean requests/s per locust user (Poisson): users = rate / 4
 ROUTE_RATES = {"Healthz": 20.0, "FraudAlerts": 10.0, "CsAsk": 2.0}  # per class (FraudAlerts: 2 routes)
 VARIANTS = {"micro-batched": [], "no-batching": ["--fraud-max-batch", "1"]}
 SPACING_S = 0.05
@@ -143,8 +144,14 @@ def _locust(
     folder: Path,
     env: dict[str, str],
     tag: str,
+    warmup_s: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Run locust headless with ``classes`` (name -> users) for ``duration_s``; every request's sample."""
+    """Run locust headless with ``classes`` (name -> users) for ``warmup_s + duration_s``.
+
+    Returns:
+        The samples of requests sent after the first ``warmup_s`` seconds (the warm-up also covers
+        locust's own start: its users connecting, its first requests).
+    """
     samples = folder / f"samples-{tag}.jsonl"
     users = sum(classes.values())
     cmd = [
@@ -161,7 +168,7 @@ def _locust(
         "-r",
         str(users),  # every user at once: the rate holds from the first second
         "-t",
-        f"{max(1, round(duration_s))}s",
+        f"{max(1, round(warmup_s + duration_s))}s",
         "--stop-timeout",
         "5",
         "--only-summary",
@@ -176,10 +183,19 @@ def _locust(
         "FATHOM_BENCH_USERS": json.dumps(classes),  # each class's fixed_count
         "FATHOM_BENCH_SAMPLES": str(samples),
     }
-    done = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=duration_s + 120)
+    started = time.time()
+    timeout = warmup_s + duration_s + 120
+    done = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if not samples.exists():
         raise RuntimeError(f"locust wrote no samples (exit {done.returncode}): {done.stderr[-2000:]}")
-    return [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise RuntimeError(f"locust sent no request (exit {done.returncode}): {done.stderr[-2000:]}")
+    first = min(r["at"] - r["ms"] / 1000 for r in rows)  # the first request's start
+    measured = [r for r in rows if r["at"] - r["ms"] / 1000 >= first + warmup_s]
+    if not measured:
+        raise RuntimeError(f"locust ran {time.time() - started:.0f} s but sent nothing after the warm-up")
+    return measured
 
 
 def _route_rows(samples: list[dict[str, Any]], seconds: float) -> dict[str, dict[str, Any]]:
@@ -287,14 +303,9 @@ def run(
                     "FATHOM_BENCH_TRANSACTIONS": str(tx_file),
                     "FATHOM_BENCH_QUESTIONS": json.dumps(questions),
                 }
-                # locust shares one transaction list per process: each run continues the day
-                say(f"{variant}: warm-up")
-                _locust(url, {"FraudScore": users}, {"FraudScore": per_user}, warmup_s, folder, env, "warm")
-                say(f"{variant}: POST /fraud/score at {rate:g}/s for {duration_s:g} s")
-                env["FATHOM_BENCH_TRANSACTIONS"] = str(_rest(tx_file, int(rate * warmup_s * 1.1) + 10))
-                samples = _locust(
-                    url, {"FraudScore": users}, {"FraudScore": per_user}, duration_s, folder, env, variant
-                )
+                say(f"{variant}: POST /fraud/score at {rate:g}/s for {warmup_s:g} + {duration_s:g} s")
+                fraud = {"FraudScore": users}, {"FraudScore": per_user}
+                samples = _locust(url, *fraud, duration_s, folder, env, variant, warmup_s)
                 row = _route_rows(samples, duration_s)["POST /fraud/score"]
                 row["mean_batch"] = _batch_mean(url, key) if variant == "micro-batched" else 1.0
                 report.add_result(f"POST /fraud/score @ {rate:g}/s", variant, **row)
@@ -304,13 +315,14 @@ def run(
                     fraud_p99 = row["p99_ms"]
                 if variant == "micro-batched" and routes:
                     say("routes: every other route beside half the fraud load")
+                    # a new locust process starts the list again: skip what the first one sent
                     env["FATHOM_BENCH_TRANSACTIONS"] = str(
                         _rest(tx_file, int(rate * (warmup_s + duration_s) * 1.2))
                     )
                     half = max(1, users // 2)
                     classes = {"FraudScore": half, **dict.fromkeys(ROUTE_RATES, 1)}
                     rates = {"FraudScore": per_user, **ROUTE_RATES}
-                    samples = _locust(url, classes, rates, duration_s, folder, env, "routes")
+                    samples = _locust(url, classes, rates, duration_s, folder, env, "routes", warmup_s)
                     for route, row in _route_rows(samples, duration_s).items():
                         report.add_result(f"{route} (mixed load)", "micro-batched", **row)
                         errors_total += round(row["error_rate"] * row["requests"])
@@ -327,7 +339,7 @@ def run(
 
 
 def _rest(tx_file: Path, skip: int) -> Path:
-    """The transactions after the first ``skip`` (those a previous locust run may have sent)."""
+    """The transactions after the first ``skip`` (more than a previous locust run sent)."""
     lines = tx_file.read_text().splitlines(keepends=True)
     rest = tx_file.with_name(f"{tx_file.stem}-{skip}.jsonl")
     rest.write_text("".join(lines[skip:]))

@@ -1,7 +1,10 @@
 """The load ``fathom bench api`` puts on ``fathom serve`` (run by locust, in its own process).
 
-Each user class is one route at a fixed request rate (``constant_throughput``); ``apps.bench.api``
-picks the classes and their user counts on the locust command line. Every request's latency,
+Each user class is one route at a fixed mean request rate; ``apps.bench.api`` picks the classes
+and their user counts on the locust command line. Each user waits an exponentially distributed
+time (mean ``1 / rate``) after each request, so the users' requests together arrive as a Poisson
+process, as independent clients' do (``constant_throughput`` would keep users that started
+together in step: bursts of every user at once, a load no real traffic has). Every request's latency,
 status and route are written to ``$FATHOM_BENCH_SAMPLES`` (JSON lines) when locust quits, so the
 percentiles come from every sample rather than locust's rounded ones.
 
@@ -19,14 +22,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import threading
+import time
 
-from locust import FastHttpUser, constant_throughput, events, task
+from locust import FastHttpUser, events, task
 
 _RATES: dict[str, float] = json.loads(os.environ.get("FATHOM_BENCH_RATES", "{}"))
 _USERS: dict[str, int] = json.loads(os.environ.get("FATHOM_BENCH_USERS", "{}"))
 _HEADERS = {"X-API-Key": os.environ.get("FATHOM_API_KEY", "")}
-_SAMPLES: list[tuple[str, float, int, bool]] = []
+_SAMPLES: list[tuple[str, float, int, bool, float]] = []
 
 
 def _transactions():
@@ -44,14 +49,36 @@ _QUESTIONS = itertools.cycle(
 )
 
 
-def _rate(cls_name: str) -> float:
-    return float(_RATES.get(cls_name, 1.0))
+def _poisson(cls_name: str):
+    """A locust ``wait_time``: request starts ``Exp(rate)`` apart on the user's own clock.
+
+    The schedule is kept from request start to request start (not from the end of the last one),
+    so a slow response does not lower the rate; a user behind schedule starts at once, without
+    catching up in a burst. The first start is drawn too, so the users do not all begin together.
+    """
+    rate = float(_RATES.get(cls_name, 1.0))
+
+    def wait(user) -> float:
+        now = time.monotonic()
+        start = max(getattr(user, "_next_start", now) + random.expovariate(rate), now)
+        user._next_start = start
+        return start - now
+
+    return wait
+
+
+class _Paced(FastHttpUser):
+    abstract = True
+
+    def on_start(self) -> None:
+        self._next_start = time.monotonic()
+        time.sleep(self.wait_time())  # gevent's sleep in locust: the first request waits its turn
 
 
 @events.request.add_listener
 def _record(request_type, name, response_time, response_length, response=None, exception=None, **_kw) -> None:
     status = int(getattr(response, "status_code", 0) or 0)
-    _SAMPLES.append((name, float(response_time), status, exception is None))
+    _SAMPLES.append((name, float(response_time), status, exception is None, time.time()))
 
 
 @events.quitting.add_listener
@@ -59,14 +86,14 @@ def _dump(environment, **_kw) -> None:
     path = os.environ.get("FATHOM_BENCH_SAMPLES")
     if path:
         with open(path, "w") as fh:
-            for name, ms, status, ok in _SAMPLES:
-                fh.write(json.dumps({"route": name, "ms": ms, "status": status, "ok": ok}) + "\n")
+            for name, ms, status, ok, at in _SAMPLES:
+                fh.write(json.dumps({"route": name, "ms": ms, "status": status, "ok": ok, "at": at}) + "\n")
 
 
-class FraudScore(FastHttpUser):
+class FraudScore(_Paced):
     """``POST /fraud/score``: the next simulated transaction, one per request."""
 
-    wait_time = constant_throughput(_rate("FraudScore"))
+    wait_time = _poisson("FraudScore")
     fixed_count = _USERS.get("FraudScore", 0)
 
     @task
@@ -79,8 +106,8 @@ class FraudScore(FastHttpUser):
         self.client.post("/fraud/score", json=tx, headers=_HEADERS, name="POST /fraud/score")
 
 
-class Healthz(FastHttpUser):
-    wait_time = constant_throughput(_rate("Healthz"))
+class Healthz(_Paced):
+    wait_time = _poisson("Healthz")
     fixed_count = _USERS.get("Healthz", 0)
 
     @task
@@ -88,10 +115,10 @@ class Healthz(FastHttpUser):
         self.client.get("/healthz", name="GET /healthz")
 
 
-class FraudAlerts(FastHttpUser):
+class FraudAlerts(_Paced):
     """The analysts' queue: a page of open alerts and the per-status counts."""
 
-    wait_time = constant_throughput(_rate("FraudAlerts"))
+    wait_time = _poisson("FraudAlerts")
     fixed_count = _USERS.get("FraudAlerts", 0)
 
     @task
@@ -103,10 +130,10 @@ class FraudAlerts(FastHttpUser):
         self.client.get("/fraud/alerts/summary", headers=_HEADERS, name="GET /fraud/alerts/summary")
 
 
-class CsAsk(FastHttpUser):
+class CsAsk(_Paced):
     """``POST /cs/ask`` with a sample question, then that session's history."""
 
-    wait_time = constant_throughput(_rate("CsAsk"))
+    wait_time = _poisson("CsAsk")
     fixed_count = _USERS.get("CsAsk", 0)
 
     @task

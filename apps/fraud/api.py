@@ -12,7 +12,9 @@
 
 The routes are thin: validate, call ``FraudScorer`` / ``AlertStore``, shape the JSON. Both come from
 the callables given to ``make_router`` (in the suite, ``core.serving.LazyResource.get``), asked for
-only after the request validated. Endpoints are plain ``def``, run in FastAPI's threadpool.
+only after the request validated. ``POST /fraud/score`` is ``async`` (a request costs the event loop
+its parsing and an await; scoring runs in the micro-batcher's worker, explanations and the alert
+store in the threadpool); the other endpoints are plain ``def``, run in FastAPI's threadpool.
 
 Errors: a bad transaction is a 422 naming the item and field (``transactions.3.amount``) and
 nothing of the batch is scored; a transaction earlier than the scorer's last seen time is a 409
@@ -22,6 +24,7 @@ A batch is also bounded by the app's request-body limit (``max_body_bytes``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -46,6 +50,7 @@ MAX_ID = 128  # as apps.fraud.alerts.MAX_ID: the alert store's id columns
 MAX_PAGE = 1_000
 MAX_OFFSET = 2**53  # beyond any queue; SQLite integers are 64-bit
 MAX_ERRORS = 50  # validation errors reported for one request; the rest are counted
+INLINE_PARSE = 16  # a body of more transactions is validated in the threadpool, off the event loop
 DEFAULT_MAX_BATCH = 256  # transactions per micro-batched scoring call
 
 Status = Literal["open", "fraud", "legitimate"]
@@ -326,8 +331,20 @@ def make_router(
     batchers: list[MicroBatcher[Transaction, Scored]] = []
 
     def score_batch(txs: list[Transaction]) -> list[Scored]:
-        # Alerts' explanations are left to the request's thread: the next batch need not wait.
+        get_alerts()  # 503 before scoring when the alert store cannot be opened
+        # Alerts' explanations are left to the request (finish_alerts): the next batch need not wait.
         return get_scorer().score_many(txs, defer_explanations=True)
+
+    def score_alone(txs: list[Transaction]) -> list[Scored]:
+        with scoring:
+            return score_batch(txs)
+
+    def finish_alerts(results: list[Scored], txs: list[Transaction]) -> None:
+        from apps.fraud.service import alert_from, complete_explanations  # loaded with the scorer
+
+        complete_explanations(results)
+        # Repeats too: a request that failed after scoring and is retried still gets its alerts.
+        get_alerts().add_many(alert_from(r, tx) for r, tx in zip(results, txs, strict=True) if r.alert)
 
     def batcher(app: Any) -> MicroBatcher[Transaction, Scored]:
         with scoring:
@@ -357,7 +374,7 @@ def make_router(
             }
         },
     )
-    def score(request: Request, body: Annotated[Any, Body()]) -> dict[str, Any]:
+    async def score(request: Request, body: Annotated[Any, Body()]) -> dict[str, Any]:
         """Score one transaction, or ``{"transactions": [...]}`` (1-10,000), from the live state.
 
         Transactions are scored in time order and update the state (card sequences, windows, the
@@ -366,23 +383,23 @@ def make_router(
         per transaction. Concurrent requests are scored together (dynamic micro-batching), each
         getting its own results and its own errors.
         """
-        txs = parse_score_body(body)
-        _, store = get_scorer(), get_alerts()  # 503 now, before queueing, when one is missing
-        from apps.fraud.service import alert_from, complete_explanations  # loaded with the scorer
-
+        # On the event loop: parsing one transaction, queueing, awaiting the batch. Whatever may
+        # block (a large batch's validation, loading the model, explanations, the store) runs in
+        # the threadpool or the batcher's worker.
+        listed = body.get("transactions") if isinstance(body, dict) else None
+        many = isinstance(listed, list) and len(listed) > INLINE_PARSE
+        txs = await run_in_threadpool(parse_score_body, body) if many else parse_score_body(body)
         try:
             if max_batch == 1:
-                with scoring:
-                    results = score_batch(txs)
+                results = await run_in_threadpool(score_alone, txs)
             else:
-                results = batcher(request.app).submit(txs)
+                results = await asyncio.wrap_future(batcher(request.app).submit_nowait(txs))
         except ValidationError:  # a ValueError too, but a bug of ours: a 500
             raise
         except ValueError as exc:  # earlier than the last transaction seen
             raise HTTPException(409, str(exc) or "transaction out of time order") from exc
-        complete_explanations(results)
-        # Repeats too: a request that failed after scoring and is retried still gets its alerts.
-        store.add_many(alert_from(r, tx) for r, tx in zip(results, txs, strict=True) if r.alert)
+        if any(r.alert for r in results):
+            await run_in_threadpool(finish_alerts, results, txs)
         out = [
             {
                 "transaction_id": r.transaction_id,

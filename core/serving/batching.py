@@ -1,6 +1,7 @@
 """Dynamic micro-batching: concurrent requests merged into one call of a batch function.
 
-A request thread calls ``MicroBatcher.submit(items)`` and blocks; one worker thread takes the
+A request thread calls ``MicroBatcher.submit(items)`` and blocks (an ``async`` route awaits
+``asyncio.wrap_future(batcher.submit_nowait(items))`` instead); one worker thread takes the
 requests waiting in the queue (up to ``max_batch`` items, waiting at most ``max_wait_ms`` for more
 after the first), calls ``process`` once on all their items, and hands each request its own slice
 of the results. Under light load a request is processed alone at once (no added latency with the
@@ -110,10 +111,18 @@ class MicroBatcher(Generic[T, R]):
             TimeoutError: no result within ``timeout`` seconds (the items may still be processed).
             BatcherClosed: the batcher was closed.
         """
-        items = list(items)
-        if not items:
-            return []
-        request: _Request[T, R] = _Request(items)
+        return self.submit_nowait(items).result(timeout)
+
+    def submit_nowait(self, items: Sequence[T]) -> Future[list[R]]:
+        """Queue ``items``; the future of their results (``asyncio.wrap_future`` awaits it in a loop).
+
+        Raises:
+            BatcherClosed: the batcher was closed.
+        """
+        request: _Request[T, R] = _Request(list(items))
+        if not request.items:
+            request.future.set_result([])
+            return request.future
         with self._lock:
             if self._closed:
                 raise BatcherClosed(f"micro-batcher {self.name!r} is closed")
@@ -121,7 +130,7 @@ class MicroBatcher(Generic[T, R]):
                 self._worker = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
                 self._worker.start()
             self._queue.put(request)
-        return request.future.result(timeout)
+        return request.future
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Finish the queued requests, then stop the worker; later ``submit`` calls raise."""
