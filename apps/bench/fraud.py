@@ -15,7 +15,7 @@ Three sections, in one run:
     Latency per transaction through Redis Streams. A throwaway ``redis-server`` (no persistence) is
     started on 127.0.0.1 when it is on PATH; the scorer's state is fed the rows before the last
     ``n_stream`` (so cards and terminals are known), then a producer *process* ``XADD``s the last
-    ``n_stream`` rows at a steady ``stream_rate`` per second while ``service.stream`` consumes them
+    ``n_stream`` rows at a steady ``stream_rate`` per second while ``streaming.stream`` consumes them
     (consumer group source, Redis hash sink). Latency = the time ``on_result`` saw the score minus the
     time just before that message's ``XADD``, on the same monotonic clock. Why paced, and why a process:
     a backlog pushed before the consumer starts measures queueing (message i waits for the i-1 before
@@ -66,8 +66,9 @@ from apps.fraud.batch import prepare
 from apps.fraud.data import load_handbook, load_transactions
 from apps.fraud.evaluate import quality_table
 from apps.fraud.model import FraudModelConfig
-from apps.fraud.service import FraudScorer, stream
+from apps.fraud.service import FraudScorer
 from apps.fraud.simulate import simulate
+from apps.fraud.streaming import stream
 from apps.fraud.train import FraudTrainConfig, default_model_dir, load_model, train
 from connectors.streams.schema import parse_transaction
 from core.training import read_card

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.streams.schema import DEFAULT_CURRENCY, MAX_AMOUNT, Transaction
 from core.serving import ErrorBody, ResourceUnavailable
-from core.serving.batching import MicroBatcher
+from core.serving.batching import MicroBatcher, check_batch_settings
 
 if TYPE_CHECKING:
     from apps.fraud.alerts import Alert
@@ -318,10 +318,7 @@ def make_router(
     for name, getter in (("get_scorer", get_scorer), ("get_alerts", get_alerts)):
         if not callable(getter):
             raise TypeError(f"{name} must be callable, got {type(getter).__name__}")
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
-        raise ValueError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+    check_batch_settings(max_batch, max_wait_ms)  # now, not at the first request
 
     router = APIRouter(prefix="/fraud", tags=["fraud"])
     # One batch at a time: the state moves forward only, and a batch interleaved with another could

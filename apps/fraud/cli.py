@@ -302,7 +302,8 @@ def stream_command(
     """Real-time scoring: a transaction stream -> scores + alerts (at-least-once, dead letters)."""
     import torch
 
-    from apps.fraud.service import FraudScorer, stream
+    from apps.fraud.service import FraudScorer
+    from apps.fraud.streaming import stream
     from connectors.streams import StreamError
 
     if threads < 1:

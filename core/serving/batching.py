@@ -49,6 +49,14 @@ class BatcherClosed(RuntimeError):
     """``submit`` after ``close``."""
 
 
+def check_batch_settings(max_batch: int, max_wait_ms: float) -> None:
+    """Raise ``ValueError`` naming a bad ``max_batch`` (an integer >= 1) or ``max_wait_ms`` (finite, >= 0)."""
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
+        raise ValueError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+
+
 class MicroBatcher(Generic[T, R]):
     """Merges concurrent ``submit`` calls into one ``process`` call (see the module docstring).
 
@@ -77,10 +85,7 @@ class MicroBatcher(Generic[T, R]):
     ) -> None:
         if not callable(process):
             raise TypeError(f"process must be callable, got {type(process).__name__}")
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-        if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
-            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+        check_batch_settings(max_batch, max_wait_ms)
         if not name:
             raise ValueError("name must not be empty")
         self.process = process
@@ -214,4 +219,4 @@ def _histogram(registry: CollectorRegistry, name: str, doc: str, buckets: tuple[
     return Histogram(name, doc, ["batcher"], registry=registry, buckets=buckets)
 
 
-__all__ = ["BatcherClosed", "MicroBatcher"]
+__all__ = ["BatcherClosed", "MicroBatcher", "check_batch_settings"]

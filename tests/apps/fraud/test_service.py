@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from apps.fraud.alerts import AlertStore
-from apps.fraud.service import FraudScorer, alerts_from_frame, stream
+from apps.fraud.service import FraudScorer, alerts_from_frame
+from apps.fraud.streaming import stream
 from connectors.streams.schema import parse_transaction
 
 
