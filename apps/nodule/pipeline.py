@@ -88,17 +88,10 @@ def load_study(source: str | Path | Iterable[str | Path]) -> CTVolume:
         files: list[Path] = list(pick_ct_series(catalog).files)
     else:
         files = [Path(p) for p in source]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise DicomError(f"no such file(s): {', '.join(missing[:3])}")
-        if len(files) == 1:
+        if len(files) == 1 and files[0].is_file():
             return read_series(files[0])
-        parent = Path(files[0]).parent
-        catalog = scan(parent) if all(Path(p).parent == parent for p in files) else None
-        if catalog is not None:
-            chosen = pick_ct_series(catalog)
-            wanted = {p.resolve() for p in files}
-            files = [p for p in chosen.files if p.resolve() in wanted] or files
+        # only the files given are read (their folder may hold other studies)
+        files = list(pick_ct_series(scan(files)).files)
     return read_series(files)
 
 

@@ -10,8 +10,10 @@ Recipe (``NoduleTrainConfig`` defaults reproduce the shipped ``models/nodule-det
   positives centred on every nodule equally often, whatever its size; half the negatives inside
   the lungs, where the vessels are), flips on every axis, in-plane 90 degree rotations, small
   random rotations and scaling (new shapes and sizes from the same phantoms), intensity scale and shift;
-- Dice (nodule class, over the whole batch) + cross-entropy (``DiceCELoss``), AdamW with warm-up
-  and cosine decay, mixed precision on CUDA (``amp: true`` in the config forces bf16 on CPU);
+- Dice of the nodule class per crop (a 4 mm nodule's crop counts as much as a 30 mm one's;
+  ``dice_per_crop: false`` pools the batch, where the large nodules' voxels drown the small ones)
+  + cross-entropy, AdamW with warm-up and cosine decay, mixed precision on CUDA (``amp: true`` in
+  the config forces bf16 on CPU);
 - sliding-window validation: CPM and Dice of the full detector on the validation phantoms every
   ``val_every`` steps; the best CPM (then Dice) is kept;
 - then candidates on the ``n_fp`` phantoms fit the ``FalsePositiveReducer``;
@@ -73,6 +75,9 @@ class NoduleTrainConfig(ConfigMixin):
         temperature: Distillation temperature.
         init: Folder of a trained model of the same network to continue from (its weights; a fresh
             optimiser and schedule), or None to start from random weights. Recorded in the card.
+        dice_per_crop: Dice per crop, averaged (True), or over the whole batch's voxels (False; the
+            shipped models before 2026-12-02 15:00). Crops without a nodule add nothing to the
+            per-crop Dice; cross-entropy covers them.
     """
 
     model: str = "default"
@@ -93,6 +98,7 @@ class NoduleTrainConfig(ConfigMixin):
     alpha: float = 0.5
     temperature: float = 2.0
     init: str | None = None
+    dice_per_crop: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -211,6 +217,29 @@ def _batch(
     return torch.stack(images), torch.stack(labels)
 
 
+def _seg_loss(per_crop: bool):
+    """Dice of the nodule class + cross-entropy, on logits ``(B, 2, ...)`` and labels ``(B, 1, ...)``.
+
+    Per crop, the Dice is averaged over the crops that hold nodule voxels (a crop without one has no
+    Dice to speak of; cross-entropy covers it); else it pools the whole batch.
+    """
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(
+        to_onehot_y=True, softmax=True, include_background=False, batch=not per_crop, reduction="none"
+    )
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, labels[:, 0].long())
+        per = dice(logits, labels).flatten()
+        if per_crop:
+            holds = labels.flatten(1).any(1)
+            per = per[holds] if bool(holds.any()) else per[:0]
+        return ce + (per.mean() if per.numel() else logits.sum() * 0)
+
+    return loss
+
+
 def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     log_p = F.log_softmax(student / temperature, dim=1)
     q = F.softmax(teacher / temperature, dim=1)
@@ -291,7 +320,6 @@ def train(
     Returns:
         The model (best validation weights, fitted reducer) and its metrics.
     """
-    from monai.losses import DiceCELoss
     from rich.progress import Progress
 
     cfg = NoduleNetConfig.named(train_config.model)
@@ -327,7 +355,7 @@ def train(
     if run.distributed:
         rng = np.random.default_rng(distributed.rank_seed(train_config.seed))
         augment.set_random_state(seed=distributed.rank_seed(train_config.seed))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)
+    loss_fn = _seg_loss(train_config.dice_per_crop)
     opt = torch.optim.AdamW(net.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     sched = warmup_cosine(
         opt, warmup_steps=min(train_config.warmup_steps, train_config.steps), total_steps=train_config.steps

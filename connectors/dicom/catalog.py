@@ -9,6 +9,8 @@ Files that are not DICOM, cannot be read, or are referenced by the DICOMDIR but 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,12 +108,33 @@ def _dicomdir_files(path: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     return files
 
 
-def scan(source: str | Path) -> Catalog:
-    """Group the DICOM files of a folder, or those a DICOMDIR references, into studies and series.
+def _source_files(source: str | Path | Iterable[str | Path], skipped: list) -> tuple[Path, list[Path]]:
+    """The catalogue's root and the files to read (see ``scan``)."""
+    if isinstance(source, (str, Path)):
+        root = Path(source)
+        if root.is_dir() and (root / "DICOMDIR").is_file():
+            return root, _dicomdir_files(root / "DICOMDIR", skipped)
+        if root.is_dir():
+            return root, list_dicom_files(root, skipped)
+        if root.is_file():
+            return root, _dicomdir_files(root, skipped)
+        raise DicomError("no such file or folder", root)
+    files = [Path(p) for p in source]
+    if not files:
+        raise DicomError("no files given")
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise DicomError(f"no such file(s): {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in files])), files
+
+
+def scan(source: str | Path | Iterable[str | Path]) -> Catalog:
+    """Group the DICOM files of a folder, those a DICOMDIR references, or the files given, into
+    studies and series.
 
     Args:
-        source: A folder (searched recursively; a DICOMDIR at its top is used when present) or a
-            DICOMDIR file.
+        source: A folder (searched recursively; a DICOMDIR at its top is used when present), a
+            DICOMDIR file, or a list of files (only those are read; ``root`` is their common folder).
 
     Returns:
         The ``Catalog``; studies and series are sorted by UID and series number.
@@ -120,16 +143,8 @@ def scan(source: str | Path) -> Catalog:
         DicomError: When the source does not exist or a DICOMDIR cannot be parsed.
     """
     pydicom = _import_pydicom()
-    root = Path(source)
     skipped: list[tuple[Path, str]] = []
-    if root.is_dir() and (root / "DICOMDIR").is_file():
-        files = _dicomdir_files(root / "DICOMDIR", skipped)
-    elif root.is_dir():
-        files = list_dicom_files(root, skipped)
-    elif root.is_file():
-        files = _dicomdir_files(root, skipped)
-    else:
-        raise DicomError("no such file or folder", root)
+    root, files = _source_files(source, skipped)
 
     series: dict[str, SeriesInfo] = {}
     studies: dict[str, StudyInfo] = {}

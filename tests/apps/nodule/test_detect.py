@@ -17,7 +17,7 @@ from apps.nodule.detect import NoduleDetector
 from apps.nodule.dicom_writer import write_series
 from apps.nodule.model import DEFAULT_MODEL, NoduleModel, NoduleNetConfig
 from apps.nodule.pipeline import analyse
-from apps.nodule.train import _distill_loss
+from apps.nodule.train import _distill_loss, _seg_loss
 from apps.nodule.validate import phantom_volume, phantoms, score_detector
 from connectors.dicom.reader import DicomError
 from core.config import models_dir
@@ -176,6 +176,33 @@ def test_distillation_loss_is_zero_only_when_student_matches_teacher():
     teacher = torch.randn(2, 2, 4, 4, 4)
     assert float(_distill_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(_distill_loss(-teacher, teacher, 2.0)) > 0.1
+
+
+def test_per_crop_dice_weighs_a_small_nodule_like_a_large_one():
+    """Batch-pooled Dice barely notices a missed 8-voxel nodule beside a found 1000-voxel one; the
+    per-crop Dice counts its crop as a full miss. Crops without nodule voxels add no Dice term."""
+    from monai.losses import DiceCELoss
+
+    labels = torch.zeros(3, 1, 16, 16, 16)
+    labels[0, 0, :10, :10, :10] = 1  # large nodule, found
+    labels[1, 0, 4:6, 4:6, 4:6] = 1  # small nodule, missed
+    logits = torch.zeros(3, 2, 16, 16, 16)
+    logits[:, 1] = torch.where(labels[:, 0] > 0, 8.0, -8.0)
+    logits[1, 1] = -8.0  # the small one missed
+    pooled = _seg_loss(per_crop=False)(logits, labels)
+    per_crop = _seg_loss(per_crop=True)(logits, labels)
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long())
+    assert float(pooled - ce) < 0.02  # pooled Dice loss: 8 of 1008 voxels missed
+    assert float(per_crop - ce) == pytest.approx(0.5, abs=0.01)  # one of two nodule crops missed
+    # batch mode is MONAI's DiceCELoss exactly
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)
+    assert float(pooled) == pytest.approx(float(reference(logits, labels)), rel=1e-6)
+    # no nodule anywhere: cross-entropy only, still differentiable
+    empty = torch.zeros_like(labels)
+    logits.requires_grad_(True)
+    loss = _seg_loss(per_crop=True)(logits, empty)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, empty[:, 0].long())))
 
 
 @pytest.mark.skipif(not models_dir(DEFAULT_MODEL).is_dir(), reason="the shipped nodule model is not built")
