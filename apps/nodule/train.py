@@ -1,6 +1,6 @@
 """Training the nodule U-Net on synthetic phantoms, distilling a student, fitting the candidate classifier.
 
-Recipe (``NoduleTrainConfig`` defaults reproduce the shipped ``models/nodule-detector``):
+Recipe (the shipped models' cards record the config and the command of each of their runs):
 
 - data: ``n_train`` phantoms for the network, ``n_fp`` more for the false-positive reducer and
   ``n_val`` for validation, from independent seed streams (``phantom_seed``), or the same splits of

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from apps.nodule.cli import nodule_app
 from apps.nodule.detect import NoduleDetector
 from apps.nodule.dicom_writer import write_series
-from apps.nodule.model import DEFAULT_MODEL, NoduleModel, NoduleNetConfig
+from apps.nodule.model import DEFAULT_MODEL, STUDENT_MODEL, NoduleModel, NoduleNetConfig
 from apps.nodule.pipeline import analyse
 from apps.nodule.train import _distill_loss, _seg_loss
 from apps.nodule.validate import phantom_volume, phantoms, score_detector
@@ -205,13 +205,16 @@ def test_per_crop_dice_weighs_a_small_nodule_like_a_large_one():
     assert float(loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, empty[:, 0].long())))
 
 
-@pytest.mark.skipif(not models_dir(DEFAULT_MODEL).is_dir(), reason="the shipped nodule model is not built")
-def test_shipped_model_reproduces_its_card_on_the_validation_phantoms():
-    """The shipped detector scores its own validation phantoms as its card says: preprocessing,
-    network, candidates and the false-positive reducer are the ones it was trained and measured with."""
+@pytest.mark.parametrize("name", [DEFAULT_MODEL, STUDENT_MODEL])
+def test_shipped_model_reproduces_its_card_on_the_validation_phantoms(name):
+    """Each shipped detector (and the student) scores its own validation phantoms as its card says:
+    preprocessing, network, candidates and the false-positive reducer are the ones it was trained and
+    measured with."""
     from apps.nodule.train import STREAMS
 
-    detector = NoduleDetector.load(None, "cpu")
+    if not models_dir(name).is_dir():
+        pytest.skip(f"the shipped model {name} is not built")
+    detector = NoduleDetector.load(models_dir(name), "cpu")
     card = detector.model.card
     train = card["config"]["train"]
     scans = phantoms(train["phantom_size"], train["n_val"], train["seed"], STREAMS["val"])
