@@ -75,8 +75,8 @@ class NoduleTrainConfig(ConfigMixin):
         temperature: Distillation temperature.
         init: Folder of a trained model of the same network to continue from (its weights; a fresh
             optimiser and schedule), or None to start from random weights. Recorded in the card.
-        dice_per_crop: Dice per crop, averaged (True), or over the whole batch's voxels (False; the
-            shipped models before 2026-12-02 15:00). Crops without a nodule add nothing to the
+        dice_per_crop: Dice per crop, averaged (True), or over the whole batch's voxels (False; the first
+            runs of the shipped models, see their cards). Crops without a nodule add nothing to the
             per-crop Dice; cross-entropy covers them.
     """
 

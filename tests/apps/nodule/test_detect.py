@@ -84,6 +84,19 @@ def test_pipeline_refuses_what_it_cannot_analyse(eager_model_dir, tmp_path):
         analyse(tmp_path / "junk", tmp_path / "out", model_dir=eager_model_dir)
 
 
+def test_load_study_reads_the_ct_series_of_the_files_given(tmp_path):
+    """Given files, the pipeline reads the CT series among them, not the folder's other series."""
+    from apps.nodule.pipeline import load_study
+    from tests.connectors.dicom.ctgen import write_series as write_ct
+
+    write_ct(tmp_path / "thin", [float(z) for z in range(8)], thickness=1.0)  # would win in the folder
+    thick = write_ct(tmp_path / "thick", [0.0, 5.0, 10.0], thickness=5.0)
+    mr = write_ct(tmp_path / "mr", [0.0, 1.0, 2.0, 3.0], modality="MR")
+    assert load_study([*mr, *thick]).shape[0] == 3
+    with pytest.raises(DicomError, match="no CT"):
+        load_study(mr)
+
+
 def test_detect_command_prints_the_stable_json(eager_model_dir, tiny_study, tmp_path):
     result = runner.invoke(
         nodule_app,
