@@ -14,9 +14,11 @@ Recipe (the shipped models' cards record the config and the command of each of t
   ``dice_per_crop: false`` pools the batch, where the large nodules' voxels drown the small ones)
   + cross-entropy, AdamW with warm-up and cosine decay, mixed precision on CUDA (``amp: true`` in
   the config forces bf16 on CPU);
-- sliding-window validation: CPM and Dice of the full detector on the validation phantoms every
-  ``val_every`` steps; the best CPM (then Dice) is kept;
-- then candidates on the ``n_fp`` phantoms fit the ``FalsePositiveReducer``;
+- sliding-window validation every ``val_every`` steps of the detector as it would ship: its
+  ``FalsePositiveReducer`` fitted afresh on the candidates of the ``n_fp`` phantoms, then CPM and
+  Dice on the validation phantoms; the best CPM (then Dice) is kept, with its reducer. (Ranking by
+  the maximum probability alone misleads: as the network grows confident it saturates at 1.0 for
+  most candidates, and the CPM of later, better-separating checkpoints looked worse.)
 - distillation (``teacher`` given): the student's loss adds ``alpha * T^2 * KL`` between the
   teacher's and the student's softened voxel distributions to its Dice + CE.
 """
@@ -36,7 +38,7 @@ from scipy import ndimage
 
 from apps.nodule.detect import NoduleDetector
 from apps.nodule.evaluate import Truth
-from apps.nodule.model import NoduleModel, NoduleNetConfig
+from apps.nodule.model import FalsePositiveReducer, NoduleModel, NoduleNetConfig
 from apps.nodule.preprocess import lung_mask, resample, window
 from apps.nodule.validate import Scan, phantom_scan, phantoms, score_detector
 from core.config import ConfigMixin
@@ -260,6 +262,21 @@ def candidate_table(detector: NoduleDetector, scans: list[Scan]) -> tuple[np.nda
     return np.asarray(rows, np.float64).reshape(len(rows), -1), np.asarray(hits, bool)
 
 
+def _fit_reducer(model: NoduleModel, detector: NoduleDetector, scans: list[Scan]) -> str:
+    """Fit ``model``'s false-positive reducer afresh on the candidates of ``scans``; a note when it
+    cannot be fitted (too few candidates of a class: the confidence is then the maximum probability)."""
+    model.reducer = FalsePositiveReducer()
+    features, hits = candidate_table(detector, scans)
+    try:
+        model.reducer.fit(features, hits)
+    except ValueError as err:
+        model.reducer = FalsePositiveReducer()
+        note = f"false-positive reducer not fitted: {err}"
+        _log.warning(note)
+        return note
+    return ""
+
+
 def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
     """The command that trains this model again (options that differ from the defaults spelled out)."""
     defaults = NoduleTrainConfig(model=config.model)
@@ -344,6 +361,7 @@ def train(
     if not items:
         raise ValueError(f"no training scans in {train_config.data}")
     val_scans = draw("val", train_config.n_val)
+    fp_scans = draw("fp", train_config.n_fp) if run.is_main else []
     model = NoduleModel.create(cfg, seed=train_config.seed)
     init = _init_from(model, train_config.init) if train_config.init else None
     net = model.net.to(dev)
@@ -363,6 +381,13 @@ def train(
     scaler = torch.amp.GradScaler(enabled=amp and dev.type == "cuda")
     best: tuple[float, float] = (-1.0, -1.0)
     best_state, best_step, history = copy.deepcopy(net.state_dict()), 0, []
+    best_reducer, best_note, val = model.reducer, "", {}
+
+    def validate() -> tuple[dict, FalsePositiveReducer, str]:
+        detector = NoduleDetector(model, str(dev))
+        note = _fit_reducer(model, detector, fp_scans)
+        return score_detector(detector, val_scans), copy.deepcopy(model.reducer), note
+
     losses: list[float] = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("nodule train", total=train_config.steps)
@@ -388,7 +413,7 @@ def train(
             bar.advance(task)
             if step % train_config.val_every == 0 or step == train_config.steps:
                 net.eval()
-                scores = distributed.on_main(score_detector)(NoduleDetector(model, str(dev)), val_scans)
+                scores, reducer, note = distributed.on_main(validate)()
                 key = (scores["cpm"] or 0.0, scores["dice"] or 0.0)
                 history.append(
                     {
@@ -403,19 +428,12 @@ def train(
                     bar.console.print(f"step {step}: {history[-1]}")
                 if key > best:
                     best, best_state, best_step = key, copy.deepcopy(net.state_dict()), step
+                    best_reducer, best_note, val = reducer, note, scores
     net.load_state_dict(best_state)
     net.eval()
-    if not run.is_main:  # DDP: the replicas are equal; rank 0 fits the reducer and saves
+    model.reducer, fp_note = best_reducer, best_note
+    if not run.is_main:  # DDP: the replicas are equal; rank 0 saves
         return model, {"rank": run.rank, "best_step": best_step, "history": history}
-    fp_scans = draw("fp", train_config.n_fp)
-    features, hits = candidate_table(NoduleDetector(model, str(dev)), fp_scans)
-    fp_note = ""
-    try:
-        model.reducer.fit(features, hits)
-    except ValueError as err:  # too few candidates of a class: keep the probability as confidence
-        fp_note = f"false-positive reducer not fitted: {err}"
-        _log.warning(fp_note)
-    val = score_detector(NoduleDetector(model, str(dev)), val_scans)
     metrics = {
         "val_cpm": val["cpm"],
         "val_sensitivity_at_1fp": val["sensitivity_at_1fp"],

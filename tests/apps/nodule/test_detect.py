@@ -185,6 +185,46 @@ def test_train_command_trains_saves_and_the_model_loads(tmp_path):
     assert bad.exit_code == 2 and "unknown nodule model size" in bad.output
 
 
+def test_training_keeps_the_reducer_fitted_at_the_best_validation(tmp_path, monkeypatch):
+    """Each validation fits the false-positive reducer afresh on the reducer phantoms and scores the
+    detector with it; the model saved is the best step's network with that step's reducer."""
+    from apps.nodule import train as nodule_train
+    from apps.nodule.model import FEATURES, FalsePositiveReducer
+
+    fits: list[int] = []
+
+    def fit(model, detector, scans):
+        fits.append(len(scans))
+        n = len(FEATURES)
+        model.reducer = FalsePositiveReducer([0.0] * n, [1.0] * n, [float(len(fits))] * n, 0.0)
+        return ""
+
+    cpms = iter([0.5, 0.25])  # step 2 best, step 3 worse
+
+    def score(detector, scans):
+        assert detector.model.reducer.coef[0] == len(fits)  # scored with the reducer just fitted
+        return {"cpm": next(cpms), "dice": 0.1, "sensitivity_at_1fp": 0.0, "sensitivities": {},
+                "n_scans": len(scans), "n_truths": 1}  # fmt: skip
+
+    monkeypatch.setattr(nodule_train, "_fit_reducer", fit)
+    monkeypatch.setattr(nodule_train, "score_detector", score)
+    config = nodule_train.NoduleTrainConfig(
+        model="tiny",
+        phantom_size="tiny",
+        n_train=2,
+        n_fp=2,
+        n_val=1,
+        val_every=2,
+        steps=3,
+        crops_per_volume=2,
+    )
+    model, metrics = nodule_train.train(config, tmp_path / "m", device="cpu")
+    assert fits == [2, 2]
+    assert metrics["best_step"] == 2 and metrics["val_cpm"] == 0.5
+    assert model.reducer.coef == [1.0] * len(FEATURES)
+    assert NoduleModel.load(tmp_path / "m").reducer.coef == [1.0] * len(FEATURES)
+
+
 def test_distillation_loss_is_zero_only_when_student_matches_teacher():
     teacher = torch.randn(2, 2, 4, 4, 4)
     assert float(_distill_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
