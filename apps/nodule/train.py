@@ -235,9 +235,8 @@ def _seg_loss(per_crop: bool):
         ce = F.cross_entropy(logits, labels[:, 0].long())
         per = dice(logits, labels).flatten()
         if per_crop:
-            holds = labels.flatten(1).any(1)
-            per = per[holds] if bool(holds.any()) else per[:0]
-        return ce + (per.mean() if per.numel() else logits.sum() * 0)
+            per = per[labels.flatten(1).any(1)]
+        return ce + per.mean() if per.numel() else ce
 
     return loss
 
@@ -269,8 +268,7 @@ def _fit_reducer(model: NoduleModel, detector: NoduleDetector, scans: list[Scan]
     features, hits = candidate_table(detector, scans)
     try:
         model.reducer.fit(features, hits)
-    except ValueError as err:
-        model.reducer = FalsePositiveReducer()
+    except ValueError as err:  # raised before any weight is set: the reducer stays unfitted
         note = f"false-positive reducer not fitted: {err}"
         _log.warning(note)
         return note
