@@ -223,9 +223,13 @@ def train_command(
     init: Annotated[
         Path | None, typer.Option("--init", help="Continue from this trained model's weights (same network).")
     ] = None,
+    patch_steps: Annotated[
+        int | None, typer.Option(help="Steps of the patch classifier (second stage; 0: none).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Train the nodule U-Net on phantoms and fit its false-positive reducer; --teacher distils."""
+    """Train the nodule U-Net on phantoms, then its patch classifier and false-positive reducer;
+    --teacher distils; --init DIR --steps 0 trains only the second stage of a trained model."""
     from apps.nodule.model import NoduleModel
     from apps.nodule.train import NoduleTrainConfig, train
 
@@ -239,6 +243,7 @@ def train_command(
             "seed": seed,
             "data": data,
             "init": str(init) if init is not None else None,
+            "patch_steps": patch_steps,
         }
         cfg = NoduleTrainConfig.from_dict(
             {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}

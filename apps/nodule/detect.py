@@ -6,14 +6,16 @@
 2. run the U-Net with MONAI's ``sliding_window_inference`` over the lungs' bounding box plus a
    margin (``crop_to_lungs=False`` runs it over the whole volume: the plain baseline of
    ``fathom bench nodule``);
-3. voxels above ``prob_threshold`` inside the lungs (their mask closed over juxtapleural nodules,
-   dilated by two voxels) form connected components, the candidates, each with its centre
+3. voxels above ``candidate_threshold`` inside the lungs (their mask closed over juxtapleural
+   nodules, dilated by two voxels) form connected components, the candidates, each with its centre
    (probability-weighted, patient mm), size, intensity and shape;
-4. false-positive reduction: candidates below ``min_diameter_mm`` are dropped, and the
-   ``FalsePositiveReducer`` turns each one's features into its confidence;
+4. false-positive reduction: candidates below ``min_diameter_mm`` are dropped; the model's patch
+   classifier, when it has one, scores the cube of CT around each candidate (``patches.py``), and
+   the ``FalsePositiveReducer`` turns each one's features into its confidence;
 5. candidates at or above ``report_threshold`` are the reported nodules; each is measured again on
-   the source grid (its probability map interpolated there), which gives the label volume for the
-   DICOM SEG, the volume, the diameter and the mean HU.
+   the source grid (its probability map interpolated there, thresholded at ``prob_threshold``, or
+   at half its peak for a faint one), which gives the label volume for the DICOM SEG, the volume,
+   the diameter and the mean HU.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from apps.nodule.model import FEATURES, NoduleModel
+from apps.nodule.model import NoduleModel
 from apps.nodule.preprocess import Box, lung_box, lung_mask, resample, window
 from connectors.dicom.results import Nodule
 from connectors.dicom.volume import CTVolume
@@ -158,13 +160,14 @@ class NoduleDetector:
         if box is None:
             box = Box((0, 0, 0), hu.shape)  # type: ignore[arg-type]
         t1 = time.perf_counter()
+        image = window(hu, cfg.hu_window)
         prob = np.zeros(hu.shape, np.float32)
-        prob[box.slices] = self.probabilities(window(hu[box.slices], cfg.hu_window))
+        prob[box.slices] = self.probabilities(image[box.slices])
         timings["network_s"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         near = ndimage.binary_dilation(lungs, iterations=2) if lungs.any() else np.ones_like(lungs)
-        candidates, comp, ids = self._candidates(prob, hu, near, volume)
+        candidates, comp, ids = self._candidates(prob, hu, image, near, volume)
         order = np.argsort([-c.confidence for c in candidates], kind="stable")
         candidates = [candidates[i] for i in order]
         ids = [ids[i] for i in order]
@@ -188,13 +191,16 @@ class NoduleDetector:
         timings["total_s"] = time.perf_counter() - t0
         return Detection(candidates, nodules, labels, bool(lungs.any()), timings)
 
-    def _candidates(self, prob: np.ndarray, hu: np.ndarray, near: np.ndarray, volume: CTVolume):
+    def _candidates(
+        self, prob: np.ndarray, hu: np.ndarray, image: np.ndarray, near: np.ndarray, volume: CTVolume
+    ):
         cfg = self.config
         t = cfg.spacing_mm
-        comp, _ = ndimage.label((prob > cfg.prob_threshold) & near)
+        threshold = cfg.prob_threshold if cfg.candidate_threshold is None else cfg.candidate_threshold
+        comp, _ = ndimage.label((prob > threshold) & near)
         scale = t / np.asarray(volume.spacing, np.float64)  # working index -> source index
         min_voxels = (np.pi / 6 * cfg.min_diameter_mm**3) / t**3
-        rows, found, ids = [], [], []
+        rows, found, ids, centres = [], [], [], []
         for cid, sl in enumerate(ndimage.find_objects(comp), start=1):
             if sl is None:
                 continue
@@ -230,8 +236,14 @@ class NoduleDetector:
             )
             rows.append(features)
             ids.append(cid)
+            centres.append(centre_w)
+        if found and self.model.patch is not None:
+            logits = self.model.patch.logits(image, np.asarray(centres))
+            rows = [row + (float(v),) for row, v in zip(rows, logits, strict=True)]
+            for c, row in zip(found, rows, strict=True):
+                c.features = row
         if found:
-            conf = self.model.reducer.confidence(np.asarray(rows).reshape(-1, len(FEATURES)))
+            conf = self.model.reducer.confidence(np.asarray(rows).reshape(len(rows), -1))
             for c, s in zip(found, conf, strict=True):
                 c.confidence = float(s)
         return found, comp, ids
@@ -262,9 +274,10 @@ class NoduleDetector:
             indexing="ij",
         )
         local = ndimage.map_coordinates(np.where(member, prob, 0.0), grids, order=1, mode="constant")
-        mask = (local > self.config.prob_threshold) & (
-            labels[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] == 0
-        )
+        # a faint candidate (peak under prob_threshold, found at a lower candidate_threshold) is
+        # outlined at half its peak
+        threshold = min(self.config.prob_threshold, 0.5 * float(prob[member].max()))
+        mask = (local > threshold) & (labels[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] == 0)
         count = int(mask.sum())
         if count == 0:
             return None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from apps.nodule.patches import PREFIX, PatchClassifier, PatchConfig, build_patch_network
 from core.config import ConfigMixin, models_dir
 from core.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -28,6 +29,7 @@ DEFAULT_MODEL = "nodule-detector"
 STUDENT_MODEL = "nodule-detector-student"
 FP_FILE = "fp_reduction.json"
 FEATURES = ("log_volume", "max_prob", "mean_prob", "elongation", "fill", "mean_hu", "std_hu")
+PATCH_FEATURE = "patch_logit"  # the patch classifier's logit, when the model has one (``patches.py``)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,10 @@ class NoduleNetConfig(ConfigMixin):
         overlap: Sliding-window overlap.
         sw_batch_size: Windows per forward pass.
         hu_window: HU range mapped to ``[0, 1]``.
-        prob_threshold: Voxel probability above which a voxel belongs to a candidate.
+        prob_threshold: Voxel probability above which a voxel belongs to a reported nodule's mask.
+        candidate_threshold: Voxel probability above which voxels form candidates (connected
+            components); None = ``prob_threshold``. Lower finds faint nodules, and more false
+            positives for the reducer to sort out.
         min_diameter_mm: Candidates smaller than this (equivalent sphere) are dropped.
         report_threshold: Confidence at which a candidate is reported (SEG, SR, report, CLI).
         lung_margin_mm: Margin around the lungs where the network runs and candidates may lie.
@@ -66,6 +71,7 @@ class NoduleNetConfig(ConfigMixin):
     sw_batch_size: int = 2
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     prob_threshold: float = 0.5
+    candidate_threshold: float | None = 0.1
     min_diameter_mm: float = 2.5
     report_threshold: float = 0.5
     lung_margin_mm: float = 12.0
@@ -94,8 +100,8 @@ class NoduleNetConfig(ConfigMixin):
             raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
         if not self.hu_window[0] < self.hu_window[1]:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
-        for name in ("prob_threshold", "report_threshold"):
-            if not 0 < getattr(self, name) < 1:
+        for name in ("prob_threshold", "report_threshold", "candidate_threshold"):
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
 
     @classmethod
@@ -139,8 +145,9 @@ def build_network(config: NoduleNetConfig) -> nn.Module:
 
 @dataclass
 class FalsePositiveReducer:
-    """Logistic regression over candidate features (``FEATURES``) giving each candidate its confidence.
+    """Logistic regression over candidate features giving each candidate its confidence.
 
+    ``features`` is ``FEATURES``, plus ``PATCH_FEATURE`` for a model with a patch classifier.
     Without fitted weights (``coef`` empty) the confidence is the candidate's maximum probability.
     """
 
@@ -149,14 +156,15 @@ class FalsePositiveReducer:
     coef: list[float] = field(default_factory=list)
     intercept: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURES
 
     @property
     def fitted(self) -> bool:
         """Whether weights are there."""
-        return len(self.coef) == len(FEATURES)
+        return len(self.coef) == len(self.features)
 
     def fit(self, features: np.ndarray, is_nodule: np.ndarray) -> FalsePositiveReducer:
-        """Fit on ``features`` ``(N, len(FEATURES))`` and labels ``(N,)``; needs both classes.
+        """Fit on ``features`` ``(N, len(self.features))`` and labels ``(N,)``; needs both classes.
 
         Raises:
             ValueError: Wrong shape, or fewer than 2 examples of either class.
@@ -166,9 +174,9 @@ class FalsePositiveReducer:
 
         x = np.asarray(features, np.float64)
         y = np.asarray(is_nodule, bool)
-        if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(x) != len(y):
+        if x.ndim != 2 or x.shape[1] != len(self.features) or len(x) != len(y):
             raise ValueError(
-                f"features must be (N, {len(FEATURES)}) with N labels, got {x.shape} and {y.shape}"
+                f"features must be (N, {len(self.features)}) with N labels, got {x.shape} and {y.shape}"
             )
         if y.sum() < 2 or (~y).sum() < 2:
             raise ValueError(
@@ -190,7 +198,7 @@ class FalsePositiveReducer:
 
     def confidence(self, features: np.ndarray) -> np.ndarray:
         """Confidence in ``[0, 1]`` per candidate row."""
-        x = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
+        x = np.asarray(features, np.float64).reshape(-1, len(self.features))
         if not self.fitted:
             return x[:, FEATURES.index("max_prob")].copy()
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale) @ np.asarray(self.coef) + self.intercept
@@ -199,7 +207,7 @@ class FalsePositiveReducer:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {
-            "features": list(FEATURES),
+            "features": list(self.features),
             "mean": self.mean,
             "scale": self.scale,
             "coef": self.coef,
@@ -212,13 +220,16 @@ class FalsePositiveReducer:
         """From ``to_dict``'s output.
 
         Raises:
-            ValueError: Features other than this code's ``FEATURES``.
+            ValueError: Features other than this code's ``FEATURES`` (plus ``PATCH_FEATURE``).
         """
-        if list(data.get("features", [])) != list(FEATURES):
+        features = tuple(data.get("features", []))
+        if features not in (FEATURES, FEATURES + (PATCH_FEATURE,)):
             raise ValueError(
-                f"false-positive reducer features {data.get('features')} do not match {list(FEATURES)}"
+                f"false-positive reducer features {list(features)} do not match {list(FEATURES)} "
+                f"(optionally followed by {PATCH_FEATURE!r})"
             )
         return cls(
+            features=features,
             mean=list(data["mean"]),
             scale=list(data["scale"]),
             coef=list(data["coef"]),
@@ -229,12 +240,13 @@ class FalsePositiveReducer:
 
 @dataclass
 class NoduleModel:
-    """The network, its configuration and its false-positive reducer."""
+    """The network, its configuration, its false-positive reducer and (optionally) its patch classifier."""
 
     net: nn.Module
     config: NoduleNetConfig
     reducer: FalsePositiveReducer = field(default_factory=FalsePositiveReducer)
     card: dict[str, Any] = field(default_factory=dict)
+    patch: PatchClassifier | None = None
 
     @classmethod
     def create(cls, config: NoduleNetConfig, seed: int = 0) -> NoduleModel:
@@ -257,12 +269,17 @@ class NoduleModel:
         train: dict[str, Any] | None = None,
         sections: dict[str, str] | None = None,
     ) -> Path:
-        """Weights, model card and ``fp_reduction.json`` into ``directory``."""
+        """Weights (the patch classifier's under ``patch.``), model card and ``fp_reduction.json``."""
+        tensors = dict(self.net.state_dict())
+        config: dict[str, Any] = {"model": self.config.to_dict(), "train": dict(train or {})}
+        if self.patch is not None:
+            tensors |= {PREFIX + k: v for k, v in self.patch.net.state_dict().items()}
+            config["patch"] = self.patch.config.to_dict()
         out = save_checkpoint(
             directory,
-            self.net.state_dict(),
+            tensors,
             name=name,
-            config={"model": self.config.to_dict(), "train": dict(train or {})},
+            config=config,
             metrics=metrics,
             summary=summary,
             sections=sections,
@@ -285,9 +302,16 @@ class NoduleModel:
             config = NoduleNetConfig.from_dict(card["config"]["model"])
         except (KeyError, TypeError) as err:
             raise ValueError(f"{folder}: model card has no nodule model config ({err})") from err
+        patch_tensors = {k[len(PREFIX) :]: tensors.pop(k) for k in list(tensors) if k.startswith(PREFIX)}
         net = build_network(config)
+        patch = None
         try:
             net.load_state_dict(tensors)
+            if card["config"].get("patch") is not None:
+                patch_config = PatchConfig.from_dict(card["config"]["patch"])
+                patch = PatchClassifier(build_patch_network(patch_config), patch_config)
+                patch.net.load_state_dict(patch_tensors)
+                patch.net.to(device).eval()
         except RuntimeError as err:
             raise ValueError(
                 f"{folder}: weights do not fit the configured network: {str(err).splitlines()[0]}"
@@ -299,12 +323,18 @@ class NoduleModel:
             if fp_path.is_file()
             else FalsePositiveReducer()
         )
-        return cls(net, config, reducer, card)
+        if (PATCH_FEATURE in reducer.features) != (patch is not None):
+            raise ValueError(
+                f"{folder}: the false-positive reducer's features {list(reducer.features)} do not match "
+                f"the model ({'with' if patch is not None else 'without'} a patch classifier)"
+            )
+        return cls(net, config, reducer, card, patch)
 
 
 __all__ = [
     "DEFAULT_MODEL",
     "FEATURES",
+    "PATCH_FEATURE",
     "STUDENT_MODEL",
     "FalsePositiveReducer",
     "NoduleModel",

@@ -38,7 +38,8 @@ from scipy import ndimage
 
 from apps.nodule.detect import NoduleDetector
 from apps.nodule.evaluate import Truth
-from apps.nodule.model import FalsePositiveReducer, NoduleModel, NoduleNetConfig
+from apps.nodule.model import FEATURES, PATCH_FEATURE, FalsePositiveReducer, NoduleModel, NoduleNetConfig
+from apps.nodule.patches import PatchConfig, PatchExamples, train_patch_classifier
 from apps.nodule.preprocess import lung_mask, resample, window
 from apps.nodule.validate import Scan, phantom_scan, phantoms, score_detector
 from core.config import ConfigMixin
@@ -65,7 +66,8 @@ class NoduleTrainConfig(ConfigMixin):
         n_fp: Scans for the false-positive reducer.
         n_val: Validation scans.
         seed: Seed of the phantoms, crops and initial weights.
-        steps: Optimiser steps.
+        steps: Optimiser steps of the U-Net; 0 (with ``init``) keeps the init model's network and
+            trains only the false-positive stage.
         volumes_per_step: Phantoms sampled per step.
         crops_per_volume: Crops per sampled phantom (half around nodules, half elsewhere in the lungs).
         lr: Peak learning rate.
@@ -80,6 +82,10 @@ class NoduleTrainConfig(ConfigMixin):
         dice_per_crop: Dice per crop, averaged (True), or over the whole batch's voxels (False; the first
             runs of the shipped models, see their cards). Crops without a nodule add nothing to the
             per-crop Dice; cross-entropy covers them.
+        patch_steps: Optimiser steps of the patch classifier (``patches.py``), trained after the
+            U-Net on cubes around the training scans' true nodules and candidates; its logit joins
+            the false-positive reducer's features. 0: no patch classifier.
+        patch_negatives: Random cubes per training scan added to the candidates' negatives.
     """
 
     model: str = "default"
@@ -101,19 +107,29 @@ class NoduleTrainConfig(ConfigMixin):
     temperature: float = 2.0
     init: str | None = None
     dice_per_crop: bool = True
+    patch_steps: int = 1500
+    patch_negatives: int = 16
 
     def __post_init__(self) -> None:
         for name in (
             "n_train",
             "n_fp",
             "n_val",
-            "steps",
             "volumes_per_step",
             "crops_per_volume",
             "val_every",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < (0 if self.init else 1):
+            raise ValueError(
+                f"steps must be >= 1 (or 0 with init: train the false-positive stage only), got {self.steps}"
+            )
+        if self.patch_steps < 0 or self.patch_negatives < 0:
+            raise ValueError(
+                "patch_steps and patch_negatives must be >= 0, "
+                f"got {self.patch_steps} and {self.patch_negatives}"
+            )
         if self.crops_per_volume % 2:
             raise ValueError(
                 f"crops_per_volume must be even (half positive, half negative), got {self.crops_per_volume}"
@@ -264,7 +280,7 @@ def candidate_table(detector: NoduleDetector, scans: list[Scan]) -> tuple[np.nda
 def _fit_reducer(model: NoduleModel, detector: NoduleDetector, scans: list[Scan]) -> str:
     """Fit ``model``'s false-positive reducer afresh on the candidates of ``scans``; a note when it
     cannot be fitted (too few candidates of a class: the confidence is then the maximum probability)."""
-    model.reducer = FalsePositiveReducer()
+    model.reducer = FalsePositiveReducer(features=FEATURES + ((PATCH_FEATURE,) if model.patch else ()))
     features, hits = candidate_table(detector, scans)
     try:
         model.reducer.fit(features, hits)
@@ -273,6 +289,34 @@ def _fit_reducer(model: NoduleModel, detector: NoduleDetector, scans: list[Scan]
         _log.warning(note)
         return note
     return ""
+
+
+def patch_examples(
+    detector: NoduleDetector, scans: list[Scan], items: list[dict], negatives: int, seed: int = 0
+) -> list[PatchExamples]:
+    """Cubes to train the patch classifier: per scan, the true nodules' centres and the candidates
+    that hit one (positives), the candidates that miss and ``negatives`` random crop centres."""
+    rng = np.random.default_rng(seed)
+    t = detector.config.spacing_mm
+    out = []
+    for scan, item in zip(scans, items, strict=True):
+        label = item["label"][0].numpy()
+        shape = label.shape
+        nodules, n = ndimage.label(label > 0)
+        pos = [np.asarray(c) for c in ndimage.center_of_mass(label > 0, nodules, range(1, n + 1))]
+        neg = []
+        truths = [(np.asarray(c, np.float64), d) for c, d in scan.truths]
+        to_work = np.asarray(scan.volume.spacing, np.float64) / t
+        for c in detector.detect(scan.volume).candidates:
+            hit = any(np.linalg.norm(np.subtract(c.center_mm, tc)) < d / 2 for tc, d in truths)
+            (pos if hit else neg).append(np.asarray(c.center_voxel) * to_work)
+        if negatives and len(item["bg"]):
+            picks = rng.choice(item["bg"], size=min(negatives, len(item["bg"])), replace=False)
+            neg += list(np.stack(np.unravel_index(picks, shape), axis=1))
+        out.append(
+            PatchExamples(item["image"][0], np.asarray(pos).reshape(-1, 3), np.asarray(neg).reshape(-1, 3))
+        )
+    return out
 
 
 def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
@@ -301,7 +345,8 @@ def _init_from(model: NoduleModel, folder: str) -> dict:
         ValueError: its network is not ``model``'s.
     """
     start = NoduleModel.load(folder)
-    if start.config != model.config:
+    network = ("channels", "strides", "num_res_units", "norm", "dropout", "spacing_mm", "hu_window")
+    if any(getattr(start.config, k) != getattr(model.config, k) for k in network):
         raise ValueError(
             f"init model {folder} has another network ({start.config.channels}, norm {start.config.norm}) "
             f"than the one to train ({model.config.channels}, norm {model.config.norm})"
@@ -353,9 +398,8 @@ def train(
 
         return list(dataset_scans(train_config.data, split, limit=n))
 
-    items = [
-        prepare_scan(s, cfg, train_config.seed + i) for i, s in enumerate(draw("train", train_config.n_train))
-    ]
+    train_scans = draw("train", train_config.n_train)
+    items = [prepare_scan(s, cfg, train_config.seed + i) for i, s in enumerate(train_scans)]
     if not items:
         raise ValueError(f"no training scans in {train_config.data}")
     val_scans = draw("val", train_config.n_val)
@@ -374,7 +418,9 @@ def train(
     loss_fn = _seg_loss(train_config.dice_per_crop)
     opt = torch.optim.AdamW(net.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     sched = warmup_cosine(
-        opt, warmup_steps=min(train_config.warmup_steps, train_config.steps), total_steps=train_config.steps
+        opt,
+        warmup_steps=min(train_config.warmup_steps, train_config.steps),
+        total_steps=max(train_config.steps, 1),  # steps 0: no U-Net step is taken
     )
     scaler = torch.amp.GradScaler(enabled=amp and dev.type == "cuda")
     best: tuple[float, float] = (-1.0, -1.0)
@@ -432,6 +478,27 @@ def train(
     model.reducer, fp_note = best_reducer, best_note
     if not run.is_main:  # DDP: the replicas are equal; rank 0 saves
         return model, {"rank": run.rank, "best_step": best_step, "history": history}
+    patch_metrics = None
+    if train_config.patch_steps:
+        # second stage on the chosen network's candidates; then the reducer is fitted again with
+        # the patch logit and the whole detector validated once more
+        examples = patch_examples(
+            NoduleDetector(model, str(dev)),
+            train_scans,
+            items,
+            train_config.patch_negatives,
+            train_config.seed,
+        )
+        patch_config = PatchConfig.tiny() if train_config.model == "tiny" else PatchConfig()
+        try:
+            model.patch, patch_metrics = train_patch_classifier(
+                examples, patch_config, steps=train_config.patch_steps, seed=train_config.seed, device=dev
+            )
+        except ValueError as err:  # no cube of a class (a tiny data set): the reducer works without
+            patch_metrics = f"patch classifier not trained: {err}"
+            _log.warning(patch_metrics)
+    if train_config.patch_steps or not history:
+        val, model.reducer, fp_note = validate()
     metrics = {
         "val_cpm": val["cpm"],
         "val_sensitivity_at_1fp": val["sensitivity_at_1fp"],
@@ -449,6 +516,10 @@ def train(
     }
     if teacher is not None:
         metrics["teacher_parameters"] = teacher.n_parameters
+    if model.patch is not None:
+        metrics["patch_classifier"] = patch_metrics | {"parameters": model.patch.n_parameters}
+    elif patch_metrics is not None:
+        metrics["patch_classifier"] = patch_metrics
     if init is not None:
         metrics["init"] = init
     if out is not None:

@@ -15,10 +15,17 @@ from typer.testing import CliRunner
 from apps.nodule.cli import nodule_app
 from apps.nodule.detect import NoduleDetector
 from apps.nodule.dicom_writer import write_series
-from apps.nodule.model import DEFAULT_MODEL, STUDENT_MODEL, NoduleModel, NoduleNetConfig
+from apps.nodule.model import (
+    DEFAULT_MODEL,
+    FEATURES,
+    PATCH_FEATURE,
+    STUDENT_MODEL,
+    NoduleModel,
+    NoduleNetConfig,
+)
 from apps.nodule.pipeline import analyse
 from apps.nodule.train import _distill_loss, _seg_loss
-from apps.nodule.validate import phantom_volume, phantoms, score_detector
+from apps.nodule.validate import phantom_scan, phantom_volume, phantoms, score_detector
 from connectors.dicom.reader import DicomError
 from core.config import models_dir
 
@@ -169,6 +176,7 @@ def test_train_command_trains_saves_and_the_model_loads(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
         "phantom_size: tiny\nn_train: 2\nn_fp: 2\nn_val: 1\nval_every: 2\ncrops_per_volume: 2\n"
+        "patch_steps: 20\n"
     )
     out = tmp_path / "model"
     result = runner.invoke(
@@ -181,15 +189,35 @@ def test_train_command_trains_saves_and_the_model_loads(tmp_path):
     model = NoduleModel.load(out)
     assert model.config == NoduleNetConfig.tiny()
     assert model.card["config"]["train"]["steps"] == 3
+    # the second stage: a patch classifier whose logit the reducer takes as its last feature
+    assert model.patch is not None and metrics["patch_classifier"]["steps"] == 20
+    assert model.reducer.features == FEATURES + (PATCH_FEATURE,)
+    phantom = next(phantoms("tiny", 1, 5))
+    candidates = NoduleDetector(model, "cpu").detect(phantom_scan(phantom).volume).candidates
+    assert all(len(c.features) == len(FEATURES) + 1 for c in candidates)
+    # --steps 0 with --init: the same U-Net, a new second stage
+    again = tmp_path / "again"
+    result = runner.invoke(
+        nodule_app,
+        ["train", "--model", "tiny", "--config", str(config), "--init", str(out), "--steps", "0",
+         "--patch-steps", "10", "--out", str(again), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    second = NoduleModel.load(again)
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, second.net.state_dict()[key])
+    assert json.loads(result.stdout)["best_step"] == 0 and second.patch is not None
     bad = runner.invoke(nodule_app, ["train", "--model", "huge", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown nodule model size" in bad.output
+    bad = runner.invoke(nodule_app, ["train", "--model", "tiny", "--steps", "0", "--out", str(out)])
+    assert bad.exit_code == 2 and "steps must be >= 1 (or 0 with init" in bad.output
 
 
 def test_training_keeps_the_reducer_fitted_at_the_best_validation(tmp_path, monkeypatch):
     """Each validation fits the false-positive reducer afresh on the reducer phantoms and scores the
     detector with it; the model saved is the best step's network with that step's reducer."""
     from apps.nodule import train as nodule_train
-    from apps.nodule.model import FEATURES, FalsePositiveReducer
+    from apps.nodule.model import FalsePositiveReducer
 
     fits: list[int] = []
 
@@ -217,6 +245,7 @@ def test_training_keeps_the_reducer_fitted_at_the_best_validation(tmp_path, monk
         val_every=2,
         steps=3,
         crops_per_volume=2,
+        patch_steps=0,
     )
     model, metrics = nodule_train.train(config, tmp_path / "m", device="cpu")
     assert fits == [2, 2]

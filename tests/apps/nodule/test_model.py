@@ -91,3 +91,38 @@ def test_load_errors_name_the_problem(tmp_path):
     (tmp_path / "m" / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="weights do not fit"):
         NoduleModel.load(tmp_path / "m")
+
+
+def test_patch_classifier_saves_with_the_model_and_its_reducer_must_match(tmp_path):
+    from apps.nodule.model import PATCH_FEATURE
+    from apps.nodule.patches import PatchClassifier, PatchConfig
+
+    model = NoduleModel.create(NoduleNetConfig.tiny(), seed=1)
+    model.patch = PatchClassifier.create(PatchConfig.tiny(), seed=2)
+    n = len(FEATURES) + 1
+    model.reducer = FalsePositiveReducer(
+        [0.0] * n, [1.0] * n, [0.5] * n, 0.0, features=FEATURES + (PATCH_FEATURE,)
+    )
+    model.save(tmp_path / "m", name="t", metrics={}, summary="")
+    loaded = NoduleModel.load(tmp_path / "m")
+    assert loaded.patch is not None and loaded.patch.config == PatchConfig.tiny()
+    assert loaded.reducer.features[-1] == PATCH_FEATURE
+    image = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    centres = np.array([[10, 10, 10], [3, 15, 7]])
+    np.testing.assert_allclose(
+        loaded.patch.logits(image, centres), model.patch.logits(image, centres), rtol=1e-6
+    )
+    for key, value in model.net.state_dict().items():  # the U-Net's tensors stay apart from the classifier's
+        assert torch.equal(value, loaded.net.state_dict()[key])
+    # a reducer that wants the patch logit without a classifier (or the reverse) is refused
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    card["config"]["patch"] = None
+    (tmp_path / "m" / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="do not match the model"):
+        NoduleModel.load(tmp_path / "m")
+
+
+def test_candidate_threshold_is_checked_and_may_be_unset():
+    assert NoduleNetConfig(candidate_threshold=None).candidate_threshold is None
+    with pytest.raises(ValueError, match="candidate_threshold"):
+        NoduleNetConfig(candidate_threshold=0.0)
