@@ -3,8 +3,10 @@
 ``NoduleNetConfig`` holds everything inference needs (network shape, working grid, windows,
 thresholds), so a checkpoint folder rebuilds the model exactly. ``NoduleModel`` bundles the network
 with its ``FalsePositiveReducer``: a logistic regression over shape and intensity features of each
-connected component, fitted on the training phantoms' candidates (vessels cut across are elongated
-and faint; nodules are compact), saved as plain JSON (no pickle).
+connected component, fitted on the reducer phantoms' candidates (vessels cut across are elongated
+and faint; nodules are compact), saved as plain JSON (no pickle); and, when trained with one, the
+``PatchClassifier`` (``patches.py``) whose logit for the CT around a candidate is the reducer's
+last feature (its weights under ``patch.`` in the same safetensors file).
 
 Named sizes: ``tiny`` (tests, ~7k parameters), ``student`` (the distilled model for low-resource
 sites) and ``default``.

@@ -80,13 +80,17 @@ def cubes(image: np.ndarray | torch.Tensor, centres: np.ndarray, patch: int) -> 
     """Cubes of edge ``patch`` centred on ``centres`` (``(N, 3)`` voxel indices, rounded) of a
     ``(Z, Y, X)`` image; outside the image reads 0. Returns ``(N, 1, patch, patch, patch)`` float32."""
     img = torch.as_tensor(image, dtype=torch.float32)
-    half = patch // 2
-    padded = F.pad(img[None, None], (half,) * 6)[0, 0]
     idx = np.rint(np.asarray(centres, np.float64).reshape(-1, 3)).astype(np.int64)
-    if not len(idx):
-        return torch.zeros((0, 1) + (patch,) * 3)
-    idx = np.clip(idx, 0, np.array(img.shape) - 1)
-    return torch.stack([padded[k : k + patch, j : j + patch, i : i + patch] for k, j, i in idx])[:, None]
+    shape = np.array(img.shape)
+    idx = np.clip(idx, 0, shape - 1)
+    out = torch.zeros((len(idx), 1) + (patch,) * 3)
+    for n, lo in enumerate(idx - patch // 2):  # copy the part inside the image; no padded copy of it
+        a, b = np.maximum(lo, 0), np.minimum(lo + patch, shape)
+        d = a - lo
+        out[n, 0, d[0] : d[0] + b[0] - a[0], d[1] : d[1] + b[1] - a[1], d[2] : d[2] + b[2] - a[2]] = img[
+            a[0] : b[0], a[1] : b[1], a[2] : b[2]
+        ]
+    return out
 
 
 class PatchClassifier:

@@ -529,8 +529,9 @@ def train(
             metrics=metrics,
             summary=(
                 "MONAI 3D U-Net over chest CT resampled to a "
-                f"{cfg.spacing_mm} mm grid, connected components and a logistic false-positive "
-                "reducer; trained on synthetic phantoms"
+                f"{cfg.spacing_mm} mm grid, connected components"
+                + (", a patch classifier (3D CNN over the CT around each candidate)" if model.patch else "")
+                + " and a logistic false-positive reducer; trained on synthetic phantoms"
                 + (" by distillation from the teacher" if teacher else "")
             ),
             train=train_config.to_dict(),
