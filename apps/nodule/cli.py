@@ -226,6 +226,14 @@ def train_command(
     patch_steps: Annotated[
         int | None, typer.Option(help="Steps of the patch classifier (second stage; 0: none).")
     ] = None,
+    hard_weight: Annotated[
+        int | None,
+        typer.Option(help="Crop the training nodules the network misses this many times as often (1: off)."),
+    ] = None,
+    crop_shift: Annotated[
+        int | None,
+        typer.Option(help="Centre positive crops up to this many voxels off the nodule (0: centred)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Train the nodule U-Net on phantoms, then its patch classifier and false-positive reducer;
@@ -244,6 +252,8 @@ def train_command(
             "data": data,
             "init": str(init) if init is not None else None,
             "patch_steps": patch_steps,
+            "hard_weight": hard_weight,
+            "crop_shift": crop_shift,
         }
         cfg = NoduleTrainConfig.from_dict(
             {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}

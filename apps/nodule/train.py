@@ -86,6 +86,14 @@ class NoduleTrainConfig(ConfigMixin):
             U-Net on cubes around the training scans' true nodules and candidates; its logit joins
             the false-positive reducer's features. 0: no patch classifier.
         patch_negatives: Random cubes per training scan added to the candidates' negatives.
+        hard_weight: Hard-nodule mining: the training nodules the network misses (peak probability
+            under ``prob_threshold`` on a crop centred on them; checked before the first step and
+            after every validation) are cropped this many times as often as the others. 1: every
+            nodule equally often.
+        crop_shift: Positive crops are centred up to this many voxels (per axis, uniform) away from
+            the nodule voxel drawn, so the network also sees nodules near a crop's edge, where the
+            sliding windows put them at inference (a network trained only on centred nodules can miss
+            one there); 0: centred on it. Less than half the model's ``patch``.
     """
 
     model: str = "default"
@@ -109,6 +117,8 @@ class NoduleTrainConfig(ConfigMixin):
     dice_per_crop: bool = True
     patch_steps: int = 1500
     patch_negatives: int = 16
+    hard_weight: int = 1
+    crop_shift: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -118,6 +128,7 @@ class NoduleTrainConfig(ConfigMixin):
             "volumes_per_step",
             "crops_per_volume",
             "val_every",
+            "hard_weight",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -125,6 +136,8 @@ class NoduleTrainConfig(ConfigMixin):
             raise ValueError(
                 f"steps must be >= 1 (or 0 with init: train the false-positive stage only), got {self.steps}"
             )
+        if self.crop_shift < 0:
+            raise ValueError(f"crop_shift must be >= 0, got {self.crop_shift}")
         if self.patch_steps < 0 or self.patch_negatives < 0:
             raise ValueError(
                 "patch_steps and patch_negatives must be >= 0, "
@@ -136,10 +149,15 @@ class NoduleTrainConfig(ConfigMixin):
             )
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        NoduleNetConfig.named(self.model)
+        patch = NoduleNetConfig.named(self.model).patch
+        if 2 * self.crop_shift >= patch:
+            raise ValueError(
+                f"crop_shift must be less than half the {self.model} model's patch {patch}, "
+                f"got {self.crop_shift}"
+            )
 
 
-def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
+def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0, shift: int = 0) -> dict:
     """A scan on the working grid: windowed image, nodule label, crop indices (``(1, Z, Y, X)``)."""
     t = config.spacing_mm
     volume = scan.volume
@@ -147,16 +165,7 @@ def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
     label = resample(scan.nodule_mask().astype(np.uint8), volume.spacing, t, labels=True)
     lungs = lung_mask(hu, (t, t, t))
     rng = np.random.default_rng(seed)
-    # positives: the same number of centre voxels from every nodule, so a 4 mm nodule is cropped as
-    # often as a 30 mm one (per-voxel sampling would show the network mostly the large ones)
-    nodules, n_nodules = ndimage.label(label > 0)
-    flat = nodules.ravel()
-    fg_parts = [np.flatnonzero(flat == i) for i in range(1, n_nodules + 1)]
-    fg = (
-        np.concatenate([rng.choice(part, size=POSITIVES_PER_NODULE, replace=True) for part in fg_parts])
-        if fg_parts
-        else np.zeros(0, np.int64)
-    )
+    fg = positive_indices(nodule_voxels(label), rng, shape=label.shape, shift=shift)
     # negatives: half in the lungs (vessels, airways: the hard ones), half anywhere else (chest
     # wall, mediastinum, bone), which the network also sees in its lung box at inference
     inside = np.flatnonzero(lungs & (label == 0))
@@ -172,6 +181,76 @@ def prepare_scan(scan: Scan, config: NoduleNetConfig, seed: int = 0) -> dict:
         "fg": fg,
         "bg": bg,
     }
+
+
+def nodule_voxels(label: np.ndarray) -> list[np.ndarray]:
+    """Flat indices of the voxels of each nodule (connected component of ``label > 0``)."""
+    nodules, n = ndimage.label(label > 0)
+    if n == 0:
+        return []
+    order = np.argsort(nodules.ravel(), kind="stable")
+    counts = np.bincount(nodules.ravel(), minlength=n + 1)
+    return np.split(order[counts[0] :], np.cumsum(counts[1:])[:-1])
+
+
+def positive_indices(
+    parts: list[np.ndarray],
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
+    shift: int = 0,
+) -> np.ndarray:
+    """Crop centres for the positive crops: ``POSITIVES_PER_NODULE`` voxels of every nodule (times
+    its weight), so a 4 mm nodule is cropped as often as a 30 mm one (per-voxel sampling would show
+    the network mostly the large ones), and a hard one ``weight`` times as often; each moved by up
+    to ``shift`` voxels per axis (inside the volume of ``shape``)."""
+    if not parts:
+        return np.zeros(0, np.int64)
+    weights = np.ones(len(parts), np.int64) if weights is None else np.asarray(weights, np.int64)
+    centres = np.concatenate(
+        [
+            rng.choice(part, size=POSITIVES_PER_NODULE * int(w), replace=True)
+            for part, w in zip(parts, weights, strict=True)
+        ]
+    )
+    if not shift:
+        return centres
+    if shape is None:
+        raise ValueError("positive_indices: shift needs the volume's shape")
+    kji = np.stack(np.unravel_index(centres, shape), axis=1) + rng.integers(
+        -shift, shift + 1, (len(centres), 3)
+    )
+    return np.ravel_multi_index(tuple(np.clip(kji, 0, np.asarray(shape) - 1).T), shape)
+
+
+@torch.inference_mode()
+def nodule_peaks(
+    net: torch.nn.Module, image: torch.Tensor, parts: list[np.ndarray], patch: int, device, batch: int = 4
+) -> np.ndarray:
+    """The network's peak nodule probability over each nodule's voxels, on a ``patch``-sized crop
+    of ``image`` (``(1, Z, Y, X)``, windowed) centred on the nodule, as in training."""
+    shape = np.asarray(image.shape[1:])
+    crops, masks = [], []
+    for part in parts:
+        kji = np.stack(np.unravel_index(part, tuple(shape)), axis=1)
+        lo = np.clip(np.round(kji.mean(0)).astype(int) - patch // 2, 0, np.maximum(shape - patch, 0))
+        box = tuple(slice(a, a + patch) for a in lo)
+        crop = image[(slice(None), *box)]
+        mask = np.zeros((patch,) * 3, bool)
+        local = kji - lo
+        inside = np.all(local < patch, axis=1)
+        mask[tuple(local[inside].T)] = True
+        pad = [v for s in reversed(crop.shape[1:]) for v in (0, patch - s)]
+        crops.append(F.pad(crop, pad) if any(pad) else crop)
+        masks.append(mask)
+    peaks = np.zeros(len(parts))
+    for start in range(0, len(parts), batch):
+        x = torch.stack(crops[start : start + batch]).to(device)
+        prob = torch.softmax(net(x).float(), dim=1)[:, 1].cpu().numpy()
+        for j, p in enumerate(prob):
+            peaks[start + j] = float(p[masks[start + j]].max()) if masks[start + j].any() else 0.0
+    return peaks
 
 
 def _augment(config: NoduleNetConfig, train: NoduleTrainConfig):
@@ -323,7 +402,8 @@ def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
     """The command that trains this model again (options that differ from the defaults spelled out)."""
     defaults = NoduleTrainConfig(model=config.model)
     flags = {"steps": "--steps", "n_train": "--n-train", "phantom_size": "--phantom-size", "seed": "--seed",
-             "data": "--data", "init": "--init"}  # fmt: skip
+             "data": "--data", "init": "--init", "hard_weight": "--hard-weight",
+             "crop_shift": "--crop-shift"}  # fmt: skip
     parts = [f"fathom nodule train --model {config.model}"]
     parts += [f"{flag} {getattr(config, key)}" for key, flag in flags.items()
               if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
@@ -399,7 +479,10 @@ def train(
         return list(dataset_scans(train_config.data, split, limit=n))
 
     train_scans = draw("train", train_config.n_train)
-    items = [prepare_scan(s, cfg, train_config.seed + i) for i, s in enumerate(train_scans)]
+    items = [
+        prepare_scan(s, cfg, train_config.seed + i, train_config.crop_shift)
+        for i, s in enumerate(train_scans)
+    ]
     if not items:
         raise ValueError(f"no training scans in {train_config.data}")
     val_scans = draw("val", train_config.n_val)
@@ -432,6 +515,29 @@ def train(
         note = _fit_reducer(model, detector, fp_scans)
         return score_detector(detector, val_scans), copy.deepcopy(model.reducer), note
 
+    parts = (
+        [nodule_voxels(item["label"][0].numpy()) for item in items] if train_config.hard_weight > 1 else []
+    )
+    mine_rng = np.random.default_rng(train_config.seed + 1)
+
+    def mine() -> tuple[int, int]:
+        """Re-weight the positive crops towards the nodules the network misses now (every rank
+        mines its own items with the same weights: the replicas are equal)."""
+        net.eval()
+        hard = total = 0
+        for item, item_parts in zip(items, parts, strict=True):
+            missed = nodule_peaks(net, item["image"], item_parts, cfg.patch, dev) < cfg.prob_threshold
+            weights = np.where(missed, train_config.hard_weight, 1)
+            shape = tuple(item["label"].shape[1:])
+            item["fg"] = positive_indices(
+                item_parts, mine_rng, weights, shape=shape, shift=train_config.crop_shift
+            )
+            hard, total = hard + int(missed.sum()), total + len(item_parts)
+        return hard, total
+
+    hard = mine() if parts and train_config.steps else None
+    if hard:
+        _log.info("hard-nodule mining: %d of %d training nodules missed", *hard)
     losses: list[float] = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("nodule train", total=train_config.steps)
@@ -467,6 +573,9 @@ def train(
                         "val_dice": scores["dice"],
                     }
                 )
+                if hard is not None:  # what the steps up to here were weighted by; mine again
+                    history[-1]["hard_nodules"] = list(hard)
+                    hard = mine() if step < train_config.steps else hard
                 _log.info("step %d: %s", step, history[-1])
                 if progress:
                     bar.console.print(f"step {step}: {history[-1]}")

@@ -1,0 +1,135 @@
+"""How ``fathom nodule train`` picks its positive crops: every nodule equally often, hard nodules
+more often (mined with the network), crop centres shifted off the nodule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from apps.nodule import train as nodule_train
+from apps.nodule.cli import nodule_app
+from apps.nodule.train import (
+    POSITIVES_PER_NODULE,
+    NoduleTrainConfig,
+    nodule_peaks,
+    nodule_voxels,
+    positive_indices,
+)
+
+runner = CliRunner()
+
+
+def _balls(shape=(40, 40, 40), centres=((10, 10, 10), (30, 28, 25)), radii=(4, 2)) -> np.ndarray:
+    grid = np.indices(shape)
+    label = np.zeros(shape, np.uint8)
+    for c, r in zip(centres, radii, strict=True):
+        label[((grid - np.reshape(c, (3, 1, 1, 1))) ** 2).sum(0) <= r * r] = 1
+    return label
+
+
+def test_nodule_voxels_splits_the_label_into_its_nodules():
+    label = _balls()
+    parts = nodule_voxels(label)
+    assert [len(p) for p in parts] == [int((label[:20] > 0).sum()), int((label[20:] > 0).sum())]
+    assert all(label.ravel()[p].all() for p in parts)
+    assert nodule_voxels(np.zeros((4, 4, 4), np.uint8)) == []
+
+
+def test_positive_indices_weigh_hard_nodules_and_shift_the_centres():
+    label = _balls()
+    parts = nodule_voxels(label)
+    rng = np.random.default_rng(0)
+    plain = positive_indices(parts, rng)
+    assert len(plain) == 2 * POSITIVES_PER_NODULE and label.ravel()[plain].all()
+    weighted = positive_indices(parts, rng, np.array([1, 4]))
+    assert len(weighted) == 5 * POSITIVES_PER_NODULE
+    assert np.isin(weighted, parts[1]).sum() == 4 * POSITIVES_PER_NODULE  # the hard one 4 times as often
+
+    shifted = positive_indices(parts, rng, shape=label.shape, shift=6)
+    kji = np.stack(np.unravel_index(shifted, label.shape), axis=1)
+    assert (kji >= 0).all() and (kji < 40).all()
+    nearest = np.min([np.abs(kji[:, None] - np.argwhere(label)[None]).max(2)], axis=(0, 2))
+    assert nearest.max() <= 6  # within the shift of some nodule voxel (Chebyshev)
+    assert (~label.ravel()[shifted].astype(bool)).mean() > 0.3  # most centres moved off the small one
+    with pytest.raises(ValueError, match="shift needs the volume's shape"):
+        positive_indices(parts, rng, shift=2)
+    assert positive_indices([], rng).shape == (0,)
+
+
+class _Threshold(torch.nn.Module):
+    """A 'network' that calls every voxel above 0.5 a nodule."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 40 * (x - 0.5)], dim=1)
+
+
+def test_nodule_peaks_finds_which_nodules_the_network_misses():
+    label = _balls(centres=((10, 10, 10), (30, 28, 25), (1, 38, 20)), radii=(4, 2, 1))
+    image = np.zeros(label.shape, np.float32)
+    grid = np.indices(label.shape)
+    image[((grid - np.reshape((10, 10, 10), (3, 1, 1, 1))) ** 2).sum(0) <= 16] = 0.9  # visible
+    image[((grid - np.reshape((30, 28, 25), (3, 1, 1, 1))) ** 2).sum(0) <= 4] = 0.3  # faint: missed
+    image[((grid - np.reshape((1, 38, 20), (3, 1, 1, 1))) ** 2).sum(0) <= 1] = 0.9  # at the border
+    parts = nodule_voxels(label)
+    peaks = nodule_peaks(_Threshold(), torch.from_numpy(image)[None], parts, 16, "cpu", batch=2)
+    order = [int(np.unravel_index(p[0], label.shape)[0]) for p in parts]  # parts in scan order
+    by_z = dict(zip(order, peaks, strict=True))
+    assert by_z[6] > 0.99 and by_z[0] > 0.99 and by_z[28] < 0.01
+    # a volume smaller than the crop is padded, as in training
+    small = torch.from_numpy(image[:12, :12, :12].copy())[None]
+    assert nodule_peaks(_Threshold(), small, nodule_voxels(label[:12, :12, :12]), 16, "cpu")[0] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"hard_weight": 0}, "hard_weight must be >= 1"),
+        ({"crop_shift": -1}, "crop_shift must be >= 0"),
+        ({"crop_shift": 24}, "crop_shift must be less than half the default model's patch 48"),
+    ],
+)
+def test_sampling_options_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        NoduleTrainConfig(**fields)
+
+
+def test_training_mines_hard_nodules_at_every_validation(tmp_path, monkeypatch):
+    """With ``hard_weight`` the missed nodules are counted before the first step and after each
+    validation but the last, and the count is recorded in the history."""
+    calls: list[int] = []
+
+    def peaks(net, image, parts, patch, device, batch=4):
+        calls.append(len(parts))
+        return np.zeros(len(parts))  # every nodule missed
+
+    weights: list[list[int]] = []
+
+    def positives(parts, rng, weights_=None, **kwargs):
+        if weights_ is not None:  # (prepare_scan draws the first, unweighted ones)
+            weights.append(list(weights_))
+        return positive_indices(parts, rng, weights_, **kwargs)
+
+    monkeypatch.setattr(nodule_train, "nodule_peaks", peaks)
+    monkeypatch.setattr(nodule_train, "positive_indices", positives)
+    config = NoduleTrainConfig(
+        model="tiny", phantom_size="tiny", n_train=2, n_fp=2, n_val=1, val_every=2, steps=4,
+        crops_per_volume=2, patch_steps=0, hard_weight=3, crop_shift=3,
+    )  # fmt: skip
+    _, metrics = nodule_train.train(config, device="cpu")
+    total = sum(calls[:2])
+    assert len(calls) == 2 * 2  # two scans, mined twice: before step 1 and after step 2
+    assert [h["hard_nodules"] for h in metrics["history"]] == [[total, total], [total, total]]
+    assert weights == [[3] * n for n in calls]  # the missed nodules' crops drawn 3 times as often
+
+
+def test_train_command_takes_the_sampling_options(tmp_path):
+    result = runner.invoke(
+        nodule_app, ["train", "--model", "tiny", "--crop-shift", "16", "--out", str(tmp_path / "m")]
+    )
+    assert (
+        result.exit_code == 2 and "crop_shift must be less than half the tiny model's patch" in result.output
+    )
+    result = runner.invoke(nodule_app, ["train", "--hard-weight", "0", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "hard_weight must be >= 1" in result.output
