@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -106,6 +107,23 @@ def _elongation(points_mm: np.ndarray) -> float:
     return float(np.sqrt(max(eig[-1], 0.0) / max(eig[0], 0.25)))
 
 
+@functools.cache
+def window_weights(roi: int, overlap: float, sigma_scale: float = 0.125) -> torch.Tensor:
+    """Blending weights of a cubic sliding window (``NoduleNetConfig.blend == "gaussian"``): a
+    Gaussian of the distance to its centre (sigma ``sigma_scale * roi``, peak 1), and next to nothing
+    (1e-6) in the outer band of ``roi * overlap / 2`` voxels, which the neighbouring window's interior
+    covers: the network sees too little around a voxel there, and a nodule cut by the window's edge
+    is called background. Voxels at the volume's own border keep the band's predictions, the only
+    ones there are. (MONAI's map floors its weights at 1e-3 instead, which lets such edge predictions
+    outweigh the others where a voxel is far from every window's centre.)"""
+    centre, sigma = (roi - 1) / 2, sigma_scale * roi
+    line = torch.exp(-((torch.arange(roi, dtype=torch.float64) - centre) ** 2) / (2 * sigma**2))
+    band = int(roi * overlap / 2)
+    if band:
+        line[:band] = line[roi - band :] = 1e-6
+    return (line[:, None, None] * line[None, :, None] * line[None, None, :]).float()
+
+
 class NoduleDetector:
     """A ``NoduleModel`` ready for inference on CT volumes.
 
@@ -134,6 +152,7 @@ class NoduleDetector:
 
         x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(self.device)
         cfg = self.config
+        weights = window_weights(cfg.roi, cfg.overlap).to(self.device) if cfg.blend == "gaussian" else None
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
             logits = sliding_window_inference(
                 x,
@@ -142,6 +161,7 @@ class NoduleDetector:
                 predictor=self.net,
                 overlap=cfg.overlap,
                 mode="gaussian",
+                roi_weight_map=weights,
             )
         return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
 

@@ -51,6 +51,13 @@ class NoduleNetConfig(ConfigMixin):
         roi: Sliding-window edge at inference, voxels.
         overlap: Sliding-window overlap.
         sw_batch_size: Windows per forward pass.
+        blend: How overlapping windows are blended: ``gaussian`` weighs each window's logits by a
+            Gaussian of the distance to its centre (sigma ``roi / 8``) and ignores its outer band of
+            ``roi * overlap / 2`` voxels, which the next window's interior covers, so a voxel takes
+            its value from the windows it lies well inside (``detect.window_weights``); ``monai`` is
+            MONAI's Gaussian importance map, floored at 1e-3 of its peak, where windows that cut a
+            voxel at their edge can outweigh the others (a nodule at a window's edge, confidently
+            called background there, was lost that way; models saved before this option blended so).
         hu_window: HU range mapped to ``[0, 1]``.
         prob_threshold: Voxel probability above which a voxel belongs to a reported nodule's mask.
         candidate_threshold: Voxel probability above which voxels form candidates (connected
@@ -71,6 +78,7 @@ class NoduleNetConfig(ConfigMixin):
     roi: int = 64
     overlap: float = 0.25
     sw_batch_size: int = 2
+    blend: str = "gaussian"
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     prob_threshold: float = 0.5
     candidate_threshold: float | None = 0.1
@@ -100,6 +108,8 @@ class NoduleNetConfig(ConfigMixin):
             raise ValueError(f"spacing_mm must be > 0, got {self.spacing_mm}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
+        if self.blend not in ("gaussian", "monai"):
+            raise ValueError(f"blend must be 'gaussian' or 'monai', got {self.blend!r}")
         if not self.hu_window[0] < self.hu_window[1]:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         for name in ("prob_threshold", "report_threshold", "candidate_threshold"):
