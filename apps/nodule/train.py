@@ -7,8 +7,10 @@ Recipe (the shipped models' cards record the config and the command of each of t
   LUNA16 / LIDC-IDRI (``data``); each resampled to the working grid and windowed (``preprocess``),
   ground truth resampled with nearest neighbour;
 - MONAI dictionary transforms: balanced positive/negative crops (``RandCropByPosNegLabeld``;
-  positives centred on every nodule equally often, whatever its size; half the negatives inside
-  the lungs, where the vessels are), flips on every axis, in-plane 90 degree rotations, small
+  positives centred on every nodule equally often, whatever its size, or up to ``crop_shift``
+  voxels off it, and ``hard_weight`` times as often on the nodules the network misses, mined before
+  the first step and after each validation; half the negatives inside the lungs, where the vessels
+  are), flips on every axis, in-plane 90 degree rotations, small
   random rotations and scaling (new shapes and sizes from the same phantoms), intensity scale and shift;
 - Dice of the nodule class per crop (a 4 mm nodule's crop counts as much as a 30 mm one's;
   ``dice_per_crop: false`` pools the batch, where the large nodules' voxels drown the small ones)
