@@ -10,13 +10,8 @@ from typer.testing import CliRunner
 
 from apps.nodule import train as nodule_train
 from apps.nodule.cli import nodule_app
-from apps.nodule.train import (
-    POSITIVES_PER_NODULE,
-    NoduleTrainConfig,
-    nodule_peaks,
-    nodule_voxels,
-    positive_indices,
-)
+from apps.nodule.sampling import POSITIVES_PER_NODULE, nodule_peaks, nodule_voxels, positive_indices
+from apps.nodule.train import NoduleTrainConfig
 
 runner = CliRunner()
 
