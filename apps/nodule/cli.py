@@ -226,6 +226,10 @@ def train_command(
     patch_steps: Annotated[
         int | None, typer.Option(help="Steps of the patch classifier (second stage; 0: none).")
     ] = None,
+    n_patch: Annotated[
+        int | None,
+        typer.Option(help="More phantoms for the patch classifier alone (cubes, no U-Net steps)."),
+    ] = None,
     hard_weight: Annotated[
         int | None,
         typer.Option(help="Crop the training nodules the network misses this many times as often (1: off)."),
@@ -252,6 +256,7 @@ def train_command(
             "data": data,
             "init": str(init) if init is not None else None,
             "patch_steps": patch_steps,
+            "n_patch": n_patch,
             "hard_weight": hard_weight,
             "crop_shift": crop_shift,
         }

@@ -78,8 +78,9 @@ def build_patch_network(config: PatchConfig) -> nn.Module:
 
 def cubes(image: np.ndarray | torch.Tensor, centres: np.ndarray, patch: int) -> torch.Tensor:
     """Cubes of edge ``patch`` centred on ``centres`` (``(N, 3)`` voxel indices, rounded) of a
-    ``(Z, Y, X)`` image; outside the image reads 0. Returns ``(N, 1, patch, patch, patch)`` float32."""
-    img = torch.as_tensor(image, dtype=torch.float32)
+    ``(Z, Y, X)`` image (any float dtype: only the cubes are cast); outside the image reads 0.
+    Returns ``(N, 1, patch, patch, patch)`` float32."""
+    img = torch.as_tensor(image)
     idx = np.rint(np.asarray(centres, np.float64).reshape(-1, 3)).astype(np.int64)
     shape = np.array(img.shape)
     idx = np.clip(idx, 0, shape - 1)

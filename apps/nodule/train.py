@@ -28,8 +28,10 @@ Recipe (the shipped models' cards record the config and the command of each of t
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +53,9 @@ from core.training.schedule import warmup_cosine
 
 _log = logging.getLogger(__name__)
 
-# seed streams (see validate.py): the network's phantoms, the reducer's, validation's
-STREAMS = {"train": 0, "fp": 1, "val": 2}
+# seed streams (see validate.py): the network's phantoms, the reducer's, validation's, and the extra
+# phantoms of the patch classifier
+STREAMS = {"train": 0, "fp": 1, "val": 2, "patch": 3}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,10 @@ class NoduleTrainConfig(ConfigMixin):
             U-Net on cubes around the training scans' true nodules and candidates; its logit joins
             the false-positive reducer's features. 0: no patch classifier.
         patch_negatives: Random cubes per training scan added to the candidates' negatives.
+        n_patch: More scans for the patch classifier alone, beyond the ``n_train`` ones: phantoms of
+            their own seed stream, or the data set's train split after its first ``n_train`` scans.
+            The second stage only needs each scan's cubes, so a scan costs one detection and no
+            U-Net step; they are drawn and cut one at a time (their images kept in float16).
         hard_weight: Hard-nodule mining: the training nodules the network misses (peak probability
             under ``prob_threshold`` on a crop centred on them; checked before the first step and
             after every validation) are cropped this many times as often as the others. 1: every
@@ -119,6 +126,7 @@ class NoduleTrainConfig(ConfigMixin):
     dice_per_crop: bool = True
     patch_steps: int = 1500
     patch_negatives: int = 16
+    n_patch: int = 0
     hard_weight: int = 1
     crop_shift: int = 0
 
@@ -140,10 +148,10 @@ class NoduleTrainConfig(ConfigMixin):
             )
         if self.crop_shift < 0:
             raise ValueError(f"crop_shift must be >= 0, got {self.crop_shift}")
-        if self.patch_steps < 0 or self.patch_negatives < 0:
+        if self.patch_steps < 0 or self.patch_negatives < 0 or self.n_patch < 0:
             raise ValueError(
-                "patch_steps and patch_negatives must be >= 0, "
-                f"got {self.patch_steps} and {self.patch_negatives}"
+                "patch_steps, patch_negatives and n_patch must be >= 0, "
+                f"got {self.patch_steps}, {self.patch_negatives} and {self.n_patch}"
             )
         if self.crops_per_volume % 2:
             raise ValueError(
@@ -335,7 +343,7 @@ def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
     defaults = NoduleTrainConfig(model=config.model)
     flags = {"steps": "--steps", "n_train": "--n-train", "phantom_size": "--phantom-size", "seed": "--seed",
              "data": "--data", "init": "--init", "hard_weight": "--hard-weight",
-             "crop_shift": "--crop-shift"}  # fmt: skip
+             "crop_shift": "--crop-shift", "n_patch": "--n-patch"}  # fmt: skip
     parts = [f"fathom nodule train --model {config.model}"]
     parts += [f"{flag} {getattr(config, key)}" for key, flag in flags.items()
               if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
@@ -402,13 +410,19 @@ def train(
     amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     started = time.perf_counter()
 
-    def draw(split: str, n: int) -> list[Scan]:
+    def scans(split: str, n: int) -> Iterator[Scan]:
         if train_config.data == "phantoms":
             made = phantoms(train_config.phantom_size, n, train_config.seed, STREAMS[split])
-            return [phantom_scan(p, f"{split}-{i}") for i, p in enumerate(made)]
+            return (phantom_scan(p, f"{split}-{i}") for i, p in enumerate(made))
         from apps.nodule.datasets import dataset_scans
 
-        return list(dataset_scans(train_config.data, split, limit=n))
+        if split == "patch":  # the train split, after the network's scans
+            skip = train_config.n_train
+            return itertools.islice(dataset_scans(train_config.data, "train", limit=skip + n), skip, None)
+        return dataset_scans(train_config.data, split, limit=n)
+
+    def draw(split: str, n: int) -> list[Scan]:
+        return list(scans(split, n))
 
     train_scans = draw("train", train_config.n_train)
     items = [
@@ -523,13 +537,15 @@ def train(
     if train_config.patch_steps:
         # second stage on the chosen network's candidates; then the reducer is fitted again with
         # the patch logit and the whole detector validated once more
+        detector = NoduleDetector(model, str(dev))
         examples = patch_examples(
-            NoduleDetector(model, str(dev)),
-            train_scans,
-            items,
-            train_config.patch_negatives,
-            train_config.seed,
+            detector, train_scans, items, train_config.patch_negatives, train_config.seed
         )
+        for i, scan in enumerate(scans("patch", train_config.n_patch) if train_config.n_patch else ()):
+            seed = train_config.seed + len(items) + i
+            item = prepare_scan(scan, cfg, seed)
+            (extra,) = patch_examples(detector, [scan], [item], train_config.patch_negatives, seed)
+            examples.append(PatchExamples(extra.image.half(), extra.positives, extra.negatives))
         patch_config = PatchConfig.tiny() if train_config.model == "tiny" else PatchConfig()
         try:
             model.patch, patch_metrics = train_patch_classifier(

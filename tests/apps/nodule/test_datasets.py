@@ -291,3 +291,23 @@ def test_evaluate_and_train_commands_take_a_data_set(luna_root, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert NoduleModel.load(out).card["config"]["train"]["data"] == f"luna16:{luna_root}"
+
+
+def test_patch_scans_of_a_data_set_follow_the_networks_in_its_train_split(luna_root, tmp_path, monkeypatch):
+    """``n_patch`` takes the train split's scans after the first ``n_train``: none here, where the
+    split holds one scan."""
+    from apps.nodule import train as nodule_train
+
+    seen: list = []
+
+    def spy(examples, config, **kwargs):
+        seen.append(len(examples))
+        raise ValueError("enough")  # the reducer then works without a patch logit
+
+    monkeypatch.setattr(nodule_train, "train_patch_classifier", spy)
+    config = nodule_train.NoduleTrainConfig(
+        model="tiny", data=f"luna16:{luna_root}", n_train=1, n_fp=1, n_val=1, steps=1, crops_per_volume=2,
+        patch_steps=2, n_patch=3,
+    )  # fmt: skip
+    nodule_train.train(config, device="cpu")
+    assert seen == [1]

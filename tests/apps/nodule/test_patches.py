@@ -19,6 +19,8 @@ def test_cubes_are_centred_and_read_zero_outside_the_image():
     assert float(out[1, 0, :2].abs().sum()) == 0 and float(out[1, 0, 2, 2, 2]) == float(image[0, 0, 0])
     assert float(out[2, 0, 2, 2, 2]) == float(image[9, 11, 13])  # rounded, clipped to the image
     assert cubes(image, np.zeros((0, 3)), 4).shape == (0, 1, 4, 4, 4)
+    half = cubes(image.half(), np.array([[5, 6, 7], [0, 0, 0]]), 4)  # float16 training images
+    assert half.dtype == torch.float32 and torch.equal(half, out[:2])  # values < 2048: exact in float16
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """How ``fathom nodule train`` picks its positive crops: every nodule equally often, hard nodules
-more often (mined with the network), crop centres shifted off the nodule."""
+more often (mined with the network), crop centres shifted off the nodule; and the patch classifier's
+cubes, from the training scans and ``n_patch`` more."""
 
 from __future__ import annotations
 
@@ -128,3 +129,32 @@ def test_train_command_takes_the_sampling_options(tmp_path):
     )
     result = runner.invoke(nodule_app, ["train", "--hard-weight", "0", "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "hard_weight must be >= 1" in result.output
+
+
+def test_patch_classifier_takes_cubes_of_n_patch_more_phantoms(tmp_path, monkeypatch):
+    """``n_patch`` phantoms of their own stream join the second stage (their images in float16);
+    the U-Net's training scans stay ``n_train``, and the card's command names the option."""
+    seen: list = []
+    real = nodule_train.train_patch_classifier
+
+    def spy(examples, config, **kwargs):
+        seen.append(examples)
+        return real(examples, config, **kwargs)
+
+    monkeypatch.setattr(nodule_train, "train_patch_classifier", spy)
+    config = NoduleTrainConfig(
+        model="tiny", phantom_size="tiny", n_train=2, n_fp=2, n_val=1, val_every=2, steps=2,
+        crops_per_volume=2, patch_steps=2, n_patch=2,
+    )  # fmt: skip
+    model, metrics = nodule_train.train(config, tmp_path / "m", device="cpu")
+    (examples,) = seen
+    assert len(examples) == 4
+    assert [e.image.dtype for e in examples] == [torch.float32] * 2 + [torch.float16] * 2
+    assert all(len(e.positives) for e in examples)  # every tiny phantom has nodules
+    extra = [e.image.float() for e in examples[2:]]
+    assert not any(e.image.shape == x.shape and torch.allclose(e.image, x, atol=1e-2)
+                   for e in examples[:2] for x in extra)  # fmt: skip  # other phantoms
+    assert metrics["patch_classifier"]["positives"] == sum(len(e.positives) for e in examples)
+    assert "--n-patch 2" in (tmp_path / "m" / "README.md").read_text()
+    with pytest.raises(ValueError, match="n_patch must be >= 0"):
+        NoduleTrainConfig(n_patch=-1)
