@@ -2,7 +2,7 @@
 
 Used by ``fathom nodule train`` (validation, model selection), ``fathom nodule evaluate`` and
 ``fathom bench nodule``. Phantom seeds come in streams: phantom ``i`` of stream ``r`` under seed ``s``
-is drawn with ``phantom_seed(1000 * s + r, i)``. Training uses streams 0-2 (``train.STREAMS``);
+is drawn with ``phantom_seed(1000 * s + r, i)``. Training uses streams 0-3 (``train.STREAMS``);
 evaluation uses ``EVAL_STREAM``, so held-out phantoms never coincide with training ones, whatever
 the two seeds are.
 """
