@@ -38,14 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from apps.nodule.detect import NoduleDetector
-from apps.nodule.evaluate import Truth
 from apps.nodule.model import FEATURES, PATCH_FEATURE, FalsePositiveReducer, NoduleModel, NoduleNetConfig
 from apps.nodule.patches import PatchConfig, PatchExamples, train_patch_classifier
 from apps.nodule.preprocess import lung_mask, resample, window
 from apps.nodule.sampling import nodule_peaks, nodule_voxels, positive_indices
+from apps.nodule.second_stage import candidate_table, patch_examples
 from apps.nodule.validate import Scan, phantom_scan, phantoms, score_detector
 from core.config import ConfigMixin
 from core.training import distributed
@@ -282,20 +281,6 @@ def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     return F.kl_div(log_p, q, reduction="none").sum(1).mean() * temperature**2
 
 
-def candidate_table(detector: NoduleDetector, scans: list[Scan]) -> tuple[np.ndarray, np.ndarray]:
-    """Features and hit labels (LUNA16: centre inside a true nodule's sphere) of every candidate."""
-    rows, hits = [], []
-    for scan in scans:
-        detection = detector.detect(scan.volume)
-        truths = [Truth("s", centre, diameter) for centre, diameter in scan.truths]
-        for c in detection.candidates:
-            rows.append(c.features)
-            hits.append(
-                any(np.linalg.norm(np.subtract(c.center_mm, t.center_mm)) < t.diameter_mm / 2 for t in truths)
-            )
-    return np.asarray(rows, np.float64).reshape(len(rows), -1), np.asarray(hits, bool)
-
-
 def _fit_reducer(model: NoduleModel, detector: NoduleDetector, scans: list[Scan]) -> str:
     """Fit ``model``'s false-positive reducer afresh on the candidates of ``scans``; a note when it
     cannot be fitted (too few candidates of a class: the confidence is then the maximum probability)."""
@@ -308,34 +293,6 @@ def _fit_reducer(model: NoduleModel, detector: NoduleDetector, scans: list[Scan]
         _log.warning(note)
         return note
     return ""
-
-
-def patch_examples(
-    detector: NoduleDetector, scans: list[Scan], items: list[dict], negatives: int, seed: int = 0
-) -> list[PatchExamples]:
-    """Cubes to train the patch classifier: per scan, the true nodules' centres and the candidates
-    that hit one (positives), the candidates that miss and ``negatives`` random crop centres."""
-    rng = np.random.default_rng(seed)
-    t = detector.config.spacing_mm
-    out = []
-    for scan, item in zip(scans, items, strict=True):
-        label = item["label"][0].numpy()
-        shape = label.shape
-        nodules, n = ndimage.label(label > 0)
-        pos = [np.asarray(c) for c in ndimage.center_of_mass(label > 0, nodules, range(1, n + 1))]
-        neg = []
-        truths = [(np.asarray(c, np.float64), d) for c, d in scan.truths]
-        to_work = np.asarray(scan.volume.spacing, np.float64) / t
-        for c in detector.detect(scan.volume).candidates:
-            hit = any(np.linalg.norm(np.subtract(c.center_mm, tc)) < d / 2 for tc, d in truths)
-            (pos if hit else neg).append(np.asarray(c.center_voxel) * to_work)
-        if negatives and len(item["bg"]):
-            picks = rng.choice(item["bg"], size=min(negatives, len(item["bg"])), replace=False)
-            neg += list(np.stack(np.unravel_index(picks, shape), axis=1))
-        out.append(
-            PatchExamples(item["image"][0], np.asarray(pos).reshape(-1, 3), np.asarray(neg).reshape(-1, 3))
-        )
-    return out
 
 
 def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
@@ -601,4 +558,4 @@ def train(
     return model, metrics
 
 
-__all__ = ["STREAMS", "NoduleTrainConfig", "candidate_table", "prepare_scan", "train"]
+__all__ = ["STREAMS", "NoduleTrainConfig", "prepare_scan", "train"]
