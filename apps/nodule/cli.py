@@ -221,7 +221,12 @@ def train_command(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of phantoms, crops and weights.")] = None,
     init: Annotated[
-        Path | None, typer.Option("--init", help="Continue from this trained model's weights (same network).")
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Continue from this trained model's weights (same network; with --patch-steps 0 "
+            "its patch classifier too).",
+        ),
     ] = None,
     patch_steps: Annotated[
         int | None, typer.Option(help="Steps of the patch classifier (second stage; 0: none).")
@@ -237,6 +242,10 @@ def train_command(
     crop_shift: Annotated[
         int | None,
         typer.Option(help="Centre positive crops up to this many voxels off the nodule (0: centred)."),
+    ] = None,
+    juxtavascular: Annotated[
+        float | None,
+        typer.Option(help="Probability that a training phantom's nodule sits on a vessel (0: as evaluated)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
@@ -259,6 +268,7 @@ def train_command(
             "n_patch": n_patch,
             "hard_weight": hard_weight,
             "crop_shift": crop_shift,
+            "juxtavascular": juxtavascular,
         }
         cfg = NoduleTrainConfig.from_dict(
             {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}

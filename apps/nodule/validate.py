@@ -9,6 +9,7 @@ the two seeds are.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -81,9 +82,12 @@ def phantom_scan(phantom: Phantom, name: str = "phantom") -> Scan:
 EVAL_STREAM = 7
 
 
-def phantoms(size: str, n: int, seed: int, stream: int = EVAL_STREAM) -> Iterator[Phantom]:
-    """``n`` phantoms of the named size from ``stream`` under ``seed`` (see the module docstring)."""
-    config = PhantomConfig.named(size)
+def phantoms(
+    size: str, n: int, seed: int, stream: int = EVAL_STREAM, *, juxtavascular: float = 0.0
+) -> Iterator[Phantom]:
+    """``n`` phantoms of the named size from ``stream`` under ``seed`` (see the module docstring),
+    with ``juxtavascular`` as their ``PhantomConfig.juxtavascular_fraction`` (training only)."""
+    config = dataclasses.replace(PhantomConfig.named(size), juxtavascular_fraction=juxtavascular)
     for i in range(n):
         yield make_phantom(config, phantom_seed(1000 * seed + stream, i))
 

@@ -4,6 +4,8 @@ cubes, from the training scans and ``n_patch`` more."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,40 @@ def test_patch_classifier_takes_cubes_of_n_patch_more_phantoms(tmp_path, monkeyp
     assert "--n-patch 2" in (tmp_path / "m" / "README.md").read_text()
     with pytest.raises(ValueError, match="n_patch must be >= 0"):
         NoduleTrainConfig(n_patch=-1)
+
+
+def test_juxtavascular_reaches_the_training_phantoms_and_init_keeps_its_patch_classifier(
+    tmp_path, monkeypatch
+):
+    """``juxtavascular`` changes the network's and the patch classifier's phantoms only (the
+    reducer's and validation's are drawn as evaluation draws them); a run with ``patch_steps`` 0
+    from ``init`` keeps the init model's patch classifier and refits the reducer with its logit."""
+    drawn: list[tuple[int, float]] = []
+    real = nodule_train.phantoms
+
+    def spy(size, n, seed, stream, *, juxtavascular=0.0):
+        drawn.append((stream, juxtavascular))
+        return real(size, n, seed, stream, juxtavascular=juxtavascular)
+
+    monkeypatch.setattr(nodule_train, "phantoms", spy)
+    first = NoduleTrainConfig(
+        model="tiny", phantom_size="tiny", n_train=2, n_fp=2, n_val=1, val_every=2, steps=2,
+        crops_per_volume=2, patch_steps=2, n_patch=1, juxtavascular=0.5,
+    )  # fmt: skip
+    trained, _ = nodule_train.train(first, tmp_path / "a", device="cpu")
+    streams = nodule_train.STREAMS
+    assert sorted(drawn) == sorted(
+        [(streams["train"], 0.5), (streams["val"], 0.0), (streams["fp"], 0.0), (streams["patch"], 0.5)]
+    )
+    assert "--juxtavascular 0.5" in (tmp_path / "a" / "README.md").read_text()
+
+    again = dataclasses.replace(first, init=str(tmp_path / "a"), patch_steps=0, n_patch=0, juxtavascular=0.0)
+    model, metrics = nodule_train.train(again, tmp_path / "b", device="cpu")
+    assert metrics["patch_classifier"]["kept_from"] == str(tmp_path / "a")
+    for key, value in trained.patch.net.state_dict().items():
+        assert torch.equal(model.patch.net.state_dict()[key], value), key
+    assert model.reducer.features[-1] == "patch_logit"
+    with pytest.raises(ValueError, match="juxtavascular must lie in"):
+        NoduleTrainConfig(juxtavascular=2.0)
+    with pytest.raises(ValueError, match="juxtavascular applies to phantoms only"):
+        NoduleTrainConfig(data="luna16:/x", juxtavascular=0.5)
