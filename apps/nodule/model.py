@@ -280,8 +280,10 @@ class NoduleModel:
         summary: str,
         train: dict[str, Any] | None = None,
         sections: dict[str, str] | None = None,
+        code_version: str | None = None,
     ) -> Path:
-        """Weights (the patch classifier's under ``patch.``), model card and ``fp_reduction.json``."""
+        """Weights (the patch classifier's under ``patch.``), model card and ``fp_reduction.json``;
+        ``code_version``: the training code's ``git_version()`` (None: taken now)."""
         tensors = dict(self.net.state_dict())
         config: dict[str, Any] = {"model": self.config.to_dict(), "train": dict(train or {})}
         if self.patch is not None:
@@ -296,6 +298,7 @@ class NoduleModel:
             summary=summary,
             sections=sections,
             extra={"n_parameters": self.n_parameters, "false_positive_reduction": self.reducer.to_dict()},
+            code_version=code_version,
         )
         (out / FP_FILE).write_text(json.dumps(self.reducer.to_dict(), indent=2) + "\n")
         return out

@@ -48,6 +48,7 @@ from apps.nodule.second_stage import candidate_table, patch_examples
 from apps.nodule.validate import Scan, phantom_scan, phantoms, score_detector
 from core.config import ConfigMixin
 from core.training import distributed
+from core.training.checkpoint import git_version
 from core.training.schedule import warmup_cosine
 
 _log = logging.getLogger(__name__)
@@ -381,6 +382,7 @@ def train(
     amp = dev.type == "cuda" if train_config.amp is None else train_config.amp
     amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     started = time.perf_counter()
+    code_version = git_version()  # the code this run loaded; the checkout may move while it trains
 
     def scans(split: str, n: int) -> Iterator[Scan]:
         if train_config.data == "phantoms":
@@ -573,6 +575,7 @@ def train(
                 "synthetic phantoms: not validated on patient data, not a medical device.",
                 "Reproduce": _reproduce(train_config, teacher is not None),
             },
+            code_version=code_version,
         )
     return model, metrics
 

@@ -73,6 +73,7 @@ def save_checkpoint(
     summary: str = "",
     sections: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    code_version: str | None = None,
 ) -> Path:
     """Write weights and card into ``directory`` (created if needed); returns the folder.
 
@@ -86,6 +87,8 @@ def save_checkpoint(
         summary: one paragraph on what the model does.
         sections: extra Markdown sections for README.md (title -> body), e.g. intended use, limits.
         extra: more JSON fields for the card (e.g. label names, base model).
+        code_version: ``git_version()`` taken when training started (None: now). A long run should
+            pass it: the checkout may have moved on by the time it saves.
 
     Raises:
         ValueError: a tensor is not a ``torch.Tensor`` or the config is not JSON-serialisable.
@@ -102,7 +105,7 @@ def save_checkpoint(
         "name": name,
         "summary": summary,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "code_version": git_version(),
+        "code_version": code_version if code_version is not None else git_version(),
         "torch": torch.__version__,
         "config": dict(config),
         "metrics": dict(metrics),

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from apps.nodule import train as nodule_train
 from apps.nodule.cli import nodule_app
+from apps.nodule.model import NoduleModel
 from apps.nodule.sampling import POSITIVES_PER_NODULE, nodule_peaks, nodule_voxels, positive_indices
 from apps.nodule.train import NoduleTrainConfig
 
@@ -176,6 +177,8 @@ def test_juxtavascular_reaches_the_training_phantoms_and_init_keeps_its_patch_cl
         return real(size, n, seed, stream, juxtavascular=juxtavascular)
 
     monkeypatch.setattr(nodule_train, "phantoms", spy)
+    # the card names the code the run started with, not the checkout's state when it saves
+    monkeypatch.setattr(nodule_train, "git_version", lambda: "abc1234")
     first = NoduleTrainConfig(
         model="tiny", phantom_size="tiny", n_train=2, n_fp=2, n_val=1, val_every=2, steps=2,
         crops_per_volume=2, patch_steps=2, n_patch=1, juxtavascular=0.5,
@@ -186,6 +189,7 @@ def test_juxtavascular_reaches_the_training_phantoms_and_init_keeps_its_patch_cl
         [(streams["train"], 0.5), (streams["val"], 0.0), (streams["fp"], 0.0), (streams["patch"], 0.5)]
     )
     assert "--juxtavascular 0.5" in (tmp_path / "a" / "README.md").read_text()
+    assert NoduleModel.load(tmp_path / "a").card["code_version"] == "abc1234"
 
     again = dataclasses.replace(first, init=str(tmp_path / "a"), patch_steps=0, n_patch=0, juxtavascular=0.0)
     model, metrics = nodule_train.train(again, tmp_path / "b", device="cpu")

@@ -37,6 +37,17 @@ def test_shared_storage_is_saved(tmp_path):
     torch.testing.assert_close(loaded["b"], base[:2])
 
 
+def test_card_keeps_the_code_version_a_run_started_with(tmp_path):
+    from core.training.checkpoint import git_version
+
+    now = save_checkpoint(tmp_path / "now", {"w": torch.ones(1)}, name="x", config={}, metrics={})
+    assert read_card(now)["code_version"] == git_version()
+    then = save_checkpoint(
+        tmp_path / "then", {"w": torch.ones(1)}, name="x", config={}, metrics={}, code_version="abc1234"
+    )
+    assert read_card(then)["code_version"] == "abc1234"
+
+
 def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
